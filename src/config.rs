@@ -1,0 +1,348 @@
+//! The configuration: one strict serde tree. Every field is documented in
+//! `config.example.toml`, which a test parses. Errors are collected and reported together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub listen: ListenConfig,
+    #[serde(default)]
+    pub c2s: C2sConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Virtual hosts served; the first is the default.
+    #[serde(default = "default_hosts")]
+    pub hosts: Vec<String>,
+    /// Directory for the SQLite database and generated certificates.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How long a clean shutdown waits for streams to close, in seconds.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sqlite://PATH` or `postgres://...`; empty means `sqlite://<data_dir>/starling.db`.
+    #[serde(default)]
+    pub url: String,
+    /// Maximum pooled connections.
+    #[serde(default = "default_pool")]
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate and key per domain (PEM files).
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// Make (once, under data_dir/certs) a self-signed certificate for hosts with none.
+    #[serde(default = "yes")]
+    pub self_signed: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub domain: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Client listeners with STARTTLS (RFC 6120).
+    #[serde(default = "default_c2s")]
+    pub c2s: Vec<SocketAddr>,
+    /// Client listeners with direct TLS (XEP-0368, ALPN `xmpp-client`).
+    #[serde(default = "default_c2s_tls")]
+    pub c2s_direct_tls: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct C2sConfig {
+    /// Refuse authentication and binding before TLS.
+    #[serde(default = "yes")]
+    pub require_encryption: bool,
+    /// Offer SASL PLAIN (only ever over TLS).
+    #[serde(default = "yes")]
+    pub allow_plain: bool,
+    /// Seconds a client may take from connecting to having bound a resource.
+    #[serde(default = "default_auth_timeout")]
+    pub auth_timeout_secs: u64,
+    /// Maximum simultaneous client connections.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Session mailbox depth; a session that falls this far behind is disconnected.
+    #[serde(default = "default_mailbox")]
+    pub mailbox_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest top-level element accepted, in bytes (`policy-violation` beyond).
+    #[serde(default = "default_max_stanza")]
+    pub max_stanza_size: usize,
+    /// Deepest element nesting accepted (`policy-violation` beyond).
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// Largest roster per account.
+    #[serde(default = "default_max_roster")]
+    pub max_roster_items: usize,
+    /// Largest private XML / vCard document per key, in bytes.
+    #[serde(default = "default_max_private")]
+    pub max_private_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// PBKDF2 iterations for new SCRAM credentials (at least 4096).
+    #[serde(default = "default_iterations")]
+    pub scram_iterations: u32,
+    /// Failed attempts (per account and per address) before answers are slowed.
+    #[serde(default = "default_free_failures")]
+    pub free_failures: u32,
+    /// Longest delay before answering a failed attempt, in seconds.
+    #[serde(default = "default_max_delay")]
+    pub max_delay_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing filter (`info`, `starling=debug`, ...); RUST_LOG wins when set.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_hosts() -> Vec<String> {
+    vec!["localhost".into()]
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_shutdown_grace() -> u64 {
+    5
+}
+fn default_pool() -> u32 {
+    8
+}
+fn default_c2s() -> Vec<SocketAddr> {
+    vec!["0.0.0.0:5222".parse().expect("static address")]
+}
+fn default_c2s_tls() -> Vec<SocketAddr> {
+    vec!["0.0.0.0:5223".parse().expect("static address")]
+}
+fn default_auth_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    200_000
+}
+fn default_mailbox() -> usize {
+    4096
+}
+fn default_max_stanza() -> usize {
+    256 * 1024
+}
+fn default_max_depth() -> usize {
+    64
+}
+fn default_max_roster() -> usize {
+    5000
+}
+fn default_max_private() -> usize {
+    64 * 1024
+}
+fn default_iterations() -> u32 {
+    4096
+}
+fn default_free_failures() -> u32 {
+    3
+}
+fn default_max_delay() -> u64 {
+    30
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+macro_rules! default_from_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                toml::from_str("").expect("all fields have defaults")
+            }
+        }
+    )*};
+}
+default_from_serde!(
+    Config,
+    ServerConfig,
+    StorageConfig,
+    TlsConfig,
+    ListenConfig,
+    C2sConfig,
+    LimitsConfig,
+    AuthConfig,
+    LogConfig
+);
+
+impl Config {
+    /// Read and validate a config file; every problem found is reported.
+    pub fn load(path: &Path) -> Result<Config, Vec<String>> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        Self::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, Vec<String>> {
+        let cfg: Config = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let errors = cfg.validate();
+        if errors.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.server.hosts.is_empty() {
+            errors.push("server.hosts: at least one host is needed".into());
+        }
+        for h in &self.server.hosts {
+            match jid::BareJid::new(h) {
+                Ok(j) if j.node().is_none() && j.domain().as_str() == h => {}
+                _ => errors.push(format!(
+                    "server.hosts: {h:?} is not a normalised domain name"
+                )),
+            }
+        }
+        let url = &self.storage.url;
+        if !(url.is_empty()
+            || url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            errors.push(format!(
+                "storage.url: {url:?} must start with sqlite: or postgres://"
+            ));
+        }
+        for c in &self.tls.certificates {
+            if !self.server.hosts.contains(&c.domain) {
+                errors.push(format!(
+                    "tls.certificates: {} is not in server.hosts",
+                    c.domain
+                ));
+            }
+            for p in [&c.cert, &c.key] {
+                if !p.exists() {
+                    errors.push(format!("tls.certificates: {} does not exist", p.display()));
+                }
+            }
+        }
+        if !self.tls.self_signed {
+            for h in &self.server.hosts {
+                if !self.tls.certificates.iter().any(|c| &c.domain == h) {
+                    errors.push(format!(
+                        "tls: no certificate for {h} and tls.self_signed is false"
+                    ));
+                }
+            }
+        }
+        if self.auth.scram_iterations < 4096 {
+            errors.push("auth.scram_iterations: must be at least 4096".into());
+        }
+        if self.limits.max_stanza_size < 10_000 {
+            errors.push(
+                "limits.max_stanza_size: must be at least 10000 bytes (RFC 6120 section 13.12)"
+                    .into(),
+            );
+        }
+        if self.limits.max_depth < 8 {
+            errors.push("limits.max_depth: must be at least 8".into());
+        }
+        if self.c2s.mailbox_size == 0 {
+            errors.push("c2s.mailbox_size: must be positive".into());
+        }
+        if self.listen.c2s.is_empty() && self.listen.c2s_direct_tls.is_empty() {
+            errors.push("listen: no client listener configured".into());
+        }
+        errors
+    }
+
+    /// The storage URL, with the zero-config default filled in.
+    pub fn storage_url(&self) -> String {
+        if self.storage.url.is_empty() {
+            format!("sqlite://{}/starling.db", self.server.data_dir.display())
+        } else {
+            self.storage.url.clone()
+        }
+    }
+
+    pub fn default_host(&self) -> &str {
+        self.server
+            .hosts
+            .first()
+            .map(|s| s.as_str())
+            .unwrap_or("localhost")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config.example.toml");
+        let cfg = Config::parse(text).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(cfg.server.hosts, vec!["localhost".to_string()]);
+    }
+
+    #[test]
+    fn empty_config_is_the_zero_config() {
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg.default_host(), "localhost");
+        assert_eq!(cfg.storage_url(), "sqlite://./data/starling.db");
+        assert!(cfg.c2s.require_encryption);
+        assert_eq!(cfg.limits.max_stanza_size, 262144);
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_all_reported() {
+        assert!(Config::parse("[server]\nhostz = []").is_err());
+        let errs = Config::parse("[server]\nhosts = ['Bad Host']\n[auth]\nscram_iterations = 10\n[limits]\nmax_depth = 2").unwrap_err();
+        assert_eq!(errs.len(), 3, "{errs:?}");
+    }
+}

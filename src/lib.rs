@@ -1,0 +1,33 @@
+//! # Starling, an XMPP server
+//!
+//! ## Architecture
+//!
+//! A stanza's path, top to bottom of `src/`:
+//!
+//! ```text
+//! socket -> stream::tls::Transport (TCP / TLS) -> xml::XmlReader (limits, restricted XML)
+//!        -> session::c2s (negotiation: STARTTLS, SASL, bind; then the session loop)
+//!        -> stanza::Stanza (typed envelope, parsed once) -> c2s policy (stamp `from`)
+//!        -> modules (presence broadcast, outbound subscriptions) -> router::route
+//!        -> destination: server IQ handlers (modules), local account (presence/roster
+//!           inbound, delivery rules), remote domain (later: s2s link)
+//!        -> session::registry mailbox -> the target session's loop -> one write per batch
+//! ```
+//!
+//! The core is `xml`, `jid`, `stanza`, `stream`, `sasl`, `session`, `router`, `storage`;
+//! features are `modules`, each declaring its specifications, disco features and IQ handlers as
+//! data (`modules::MODULES`). Errors become wire errors only in `error.rs`. The routing table
+//! is documented on [`router`].
+
+pub mod config;
+pub mod error;
+pub mod jid;
+pub mod modules;
+pub mod router;
+pub mod sasl;
+pub mod server;
+pub mod session;
+pub mod stanza;
+pub mod storage;
+pub mod stream;
+pub mod xml;

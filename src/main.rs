@@ -1,0 +1,237 @@
+//! The `starling` command: run the server, manage accounts, check a config.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use starling::config::Config;
+use starling::sasl::credentials::Credentials;
+use starling::storage::Storage;
+
+#[derive(Parser)]
+#[command(name = "starling", version, about = "A fast, lean XMPP server")]
+struct Cli {
+    /// Configuration file (TOML); without it, the zero-config defaults are used.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Manage accounts.
+    User {
+        #[command(subcommand)]
+        action: UserCmd,
+    },
+    /// Check a configuration and print every problem found.
+    CheckConfig,
+    /// Print the table of implemented specifications (Markdown).
+    Features,
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account.
+    Add {
+        /// user@host
+        jid: String,
+        #[command(flatten)]
+        pw: PasswordSource,
+    },
+    /// Delete an account and all its data.
+    Del { jid: String },
+    /// Change a password.
+    Passwd {
+        jid: String,
+        #[command(flatten)]
+        pw: PasswordSource,
+    },
+    /// List accounts.
+    List {
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct PasswordSource {
+    /// The password (visible in the process list: prefer --password-stdin or the prompt).
+    #[arg(long)]
+    password: Option<String>,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+impl PasswordSource {
+    fn read(&self) -> Result<String, String> {
+        if let Some(p) = &self.password {
+            return Ok(p.clone());
+        }
+        let stdin = std::io::stdin();
+        if !self.password_stdin && stdin.is_terminal() {
+            eprint!("Password: ");
+            let _ = std::io::stderr().flush();
+        }
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let p = line.trim_end_matches(['\n', '\r']).to_string();
+        if p.is_empty() {
+            return Err("empty password".into());
+        }
+        Ok(p)
+    }
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<Config, Vec<String>> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default()),
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Split and normalise user@host, checking the host is served.
+fn account(cfg: &Config, jid: &str) -> Result<(String, String), String> {
+    let j = jid::BareJid::new(jid).map_err(|e| format!("{jid}: {e}"))?;
+    let node = j
+        .node()
+        .ok_or_else(|| format!("{jid}: no user part"))?
+        .as_str()
+        .to_string();
+    let host = j.domain().as_str().to_string();
+    if !cfg.server.hosts.contains(&host) {
+        return Err(format!(
+            "{host} is not a host of this server (server.hosts)"
+        ));
+    }
+    Ok((host, node))
+}
+
+async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
+    let storage = Storage::open(&cfg.storage_url(), 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    let r = match action {
+        UserCmd::Add { jid, pw } => {
+            let (host, node) = account(cfg, &jid)?;
+            let creds = Credentials::new(&pw.read()?, cfg.auth.scram_iterations);
+            if storage
+                .create_user(&host, &node, &creds)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!("created {node}@{host}");
+                Ok(())
+            } else {
+                Err(format!("{node}@{host} already exists"))
+            }
+        }
+        UserCmd::Del { jid } => {
+            let (host, node) = account(cfg, &jid)?;
+            if storage
+                .delete_user(&host, &node)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!("deleted {node}@{host}");
+                Ok(())
+            } else {
+                Err(format!("{node}@{host} does not exist"))
+            }
+        }
+        UserCmd::Passwd { jid, pw } => {
+            let (host, node) = account(cfg, &jid)?;
+            let creds = Credentials::new(&pw.read()?, cfg.auth.scram_iterations);
+            if storage
+                .set_password(&host, &node, &creds)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!("password changed for {node}@{host}");
+                Ok(())
+            } else {
+                Err(format!("{node}@{host} does not exist"))
+            }
+        }
+        UserCmd::List { host } => {
+            for (h, u) in storage
+                .list_users(host.as_deref())
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                println!("{u}@{h}");
+            }
+            Ok(())
+        }
+    };
+    storage.close().await;
+    r
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match load_config(cli.config.as_ref()) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("configuration refused:");
+            for e in errors {
+                eprintln!("  - {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            println!("configuration is valid");
+            return ExitCode::SUCCESS;
+        }
+        Command::Features => {
+            print!("{}", starling::modules::spec_table());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    init_logging(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve => starling::server::run(cfg).await.map_err(|e| e.to_string()),
+            Command::User { action } => user_command(&cfg, action).await,
+            Command::CheckConfig | Command::Features => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Service Discovery (XEP-0030): identities and the features collected from every module.
+
+use super::{IqFuture, IqHandler, IqRequest, IqTarget, Module, Spec, MODULES};
+use crate::error::Condition;
+use crate::server::Server;
+use crate::xml::{ns, Element};
+
+pub const MODULE: Module = Module {
+    name: "disco",
+    specs: &[Spec {
+        id: "XEP-0030",
+        title: "Service Discovery",
+        note: "features collected from the modules",
+    }],
+    host_features: &[ns::DISCO_INFO, ns::DISCO_ITEMS],
+    account_features: &[ns::DISCO_INFO],
+    iq: &[
+        IqHandler {
+            ns: ns::DISCO_INFO,
+            on_host: true,
+            on_account: true,
+            handle: info,
+        },
+        IqHandler {
+            ns: ns::DISCO_ITEMS,
+            on_host: true,
+            on_account: true,
+            handle: items,
+        },
+    ],
+};
+
+/// Every feature advertised for the target, sorted and deduplicated.
+pub fn features(target: &IqTarget) -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = MODULES
+        .iter()
+        .flat_map(|m| match target {
+            IqTarget::Host(_) => m.host_features.iter(),
+            IqTarget::Account(_) => m.account_features.iter(),
+        })
+        .copied()
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn info<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
+    Box::pin(async move {
+        if req.is_set() || req.payload.name != "query" {
+            return Err(Condition::BadRequest.into());
+        }
+        if req.payload.get_attr("node").is_some() {
+            return Err(Condition::ItemNotFound.into());
+        }
+        let identity = match req.target {
+            IqTarget::Host(_) => Element::new("identity", ns::DISCO_INFO)
+                .attr("category", "server")
+                .attr("type", "im")
+                .attr("name", "Starling"),
+            IqTarget::Account(_) => Element::new("identity", ns::DISCO_INFO)
+                .attr("category", "account")
+                .attr("type", "registered"),
+        };
+        let mut q = Element::new("query", ns::DISCO_INFO).child(identity);
+        for f in features(req.target) {
+            q = q.child(Element::new("feature", ns::DISCO_INFO).attr("var", f));
+        }
+        Ok(Some(q))
+    })
+}
+
+fn items<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
+    Box::pin(async move {
+        if req.is_set() || req.payload.name != "query" {
+            return Err(Condition::BadRequest.into());
+        }
+        if req.payload.get_attr("node").is_some() {
+            return Err(Condition::ItemNotFound.into());
+        }
+        Ok(Some(Element::new("query", ns::DISCO_ITEMS)))
+    })
+}

@@ -1,0 +1,231 @@
+//! THE routing decision. Every stanza, whatever link it came from, is routed here, once.
+//!
+//! | `to` address            | message                           | presence                          | iq                        |
+//! |-------------------------|-----------------------------------|-----------------------------------|---------------------------|
+//! | served host (or host/x) | `service-unavailable`             | ignored                           | server IQ handlers        |
+//! | local bare JID          | available resources with priority >= 0, else offline hook | subscription handling, probes answered, else every available resource | account IQ handlers |
+//! | local full JID, online  | that resource                     | that resource                     | that resource             |
+//! | local full JID, offline | as bare (chat / normal), dropped (headline) | subscription types as bare, others dropped | `service-unavailable` |
+//! | unknown local account   | `service-unavailable`             | `unsubscribed` to subscribe/probe | `service-unavailable`     |
+//! | other domain            | `remote-server-not-found` until a federation link is configured                          |||
+//!
+//! Blocking (XEP-0191) is applied here too: outbound to a blocked JID gives `not-acceptable`
+//! with `<blocked/>`; inbound from a blocked JID is dropped (`service-unavailable` for message
+//! and iq get/set).
+
+use std::sync::Arc;
+
+use crate::error::{Condition, StanzaError};
+use crate::jid::{self, BareJid, FullJid, Jid};
+use crate::modules;
+use crate::server::Server;
+use crate::session::{Deliver, Outgoing};
+use crate::stanza::{Kind, Stanza};
+use crate::xml::{ns, Element};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A domain this server serves (with or without a resource).
+    Host(String),
+    LocalBare(BareJid),
+    LocalFull(FullJid),
+    Remote(String),
+}
+
+pub fn classify(server: &Server, to: &Jid) -> Destination {
+    let domain = to.domain().as_str();
+    if !server.is_local_domain(domain) {
+        return Destination::Remote(domain.to_string());
+    }
+    if to.node().is_none() {
+        return Destination::Host(domain.to_string());
+    }
+    match to.clone().try_into_full() {
+        Ok(full) => Destination::LocalFull(full),
+        Err(bare) => Destination::LocalBare(bare),
+    }
+}
+
+/// Route a stanza whose `from` is set and trusted. (Boxed: delivery can route again, e.g. an
+/// error reply or a presence answer.)
+pub fn route(
+    server: &Server,
+    stanza: Stanza,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    Box::pin(route_now(server, stanza))
+}
+
+async fn route_now(server: &Server, stanza: Stanza) {
+    let Some(to) = stanza.to.clone() else {
+        tracing::debug!("dropping stanza without a destination");
+        return;
+    };
+    if blocked_outbound(server, &stanza, &to) {
+        return;
+    }
+    match classify(server, &to) {
+        Destination::Host(host) => to_host(server, stanza, host).await,
+        Destination::LocalBare(bare) => to_local(server, stanza, bare, None).await,
+        Destination::LocalFull(full) => to_local(server, stanza, full.to_bare(), Some(full)).await,
+        Destination::Remote(domain) => {
+            tracing::debug!(%domain, "no route to remote domain");
+            bounce(server, &stanza, Condition::RemoteServerNotFound).await;
+        }
+    }
+}
+
+/// Send an error reply for `stanza` back to its sender (never for an error).
+pub async fn bounce(server: &Server, stanza: &Stanza, err: impl Into<StanzaError>) {
+    let err = err.into();
+    if let Some(reply) = stanza.error_reply(&err) {
+        if let Ok(s) = Stanza::parse(reply) {
+            route(server, s).await;
+        }
+    }
+}
+
+/// XEP-0191 section 3.6: a local sender may not reach a JID it blocked.
+fn blocked_outbound(server: &Server, stanza: &Stanza, to: &Jid) -> bool {
+    let Some(from) = &stanza.from else {
+        return false;
+    };
+    if from.node().is_none() || !server.is_local_domain(from.domain().as_str()) || stanza.is_error()
+    {
+        return false;
+    }
+    let Some(list) = server.sessions.blocklist(&from.to_bare()) else {
+        return false;
+    };
+    if !list.iter().any(|item| jid::matches_item(item, to)) {
+        return false;
+    }
+    if stanza.kind != Kind::Presence {
+        let err = StanzaError::new(Condition::NotAcceptable)
+            .with_app(Element::new("blocked", ns::BLOCKING_ERRORS));
+        if let Some(reply) = stanza.error_reply(&err) {
+            deliver_to_sender(server, reply);
+        }
+    }
+    true
+}
+
+/// Deliver an error straight back to the local session that sent a stanza.
+fn deliver_to_sender(server: &Server, reply: Element) {
+    let Some(to) = reply.get_attr("to").and_then(jid::parse) else {
+        return;
+    };
+    if let Ok(full) = to.try_into_full() {
+        if let Some(s) = server.sessions.get(&full) {
+            server
+                .sessions
+                .send(&s, Deliver::Stanza(Outgoing::new(reply)));
+        }
+    }
+}
+
+async fn to_host(server: &Server, stanza: Stanza, host: String) {
+    match stanza.kind {
+        Kind::Iq => modules::handle_iq(server, stanza, modules::IqTarget::Host(host)).await,
+        Kind::Message => {
+            if !stanza.is_error() {
+                bounce(server, &stanza, Condition::ServiceUnavailable).await;
+            }
+        }
+        Kind::Presence => {}
+    }
+}
+
+/// Is `from` blocked by the local account `owner`? Uses the in-memory list when the account is
+/// online, the database otherwise.
+async fn blocked_inbound(server: &Server, owner: &BareJid, from: &Jid) -> bool {
+    let list = match server.sessions.blocklist(owner) {
+        Some(l) => l,
+        None => match server.storage.blocklist(owner.as_str()).await {
+            Ok(l) => Arc::new(l.iter().filter_map(|s| jid::parse(s)).collect()),
+            Err(e) => {
+                tracing::error!(error = %e, "reading block list");
+                return false;
+            }
+        },
+    };
+    list.iter().any(|item| jid::matches_item(item, from))
+}
+
+async fn to_local(server: &Server, stanza: Stanza, bare: BareJid, full: Option<FullJid>) {
+    if let Some(from) = &stanza.from {
+        if from.to_bare() != bare && blocked_inbound(server, &bare, from).await {
+            let get_or_set = matches!(stanza.typ(), Some("get") | Some("set"));
+            if stanza.kind == Kind::Message && !stanza.is_error()
+                || stanza.kind == Kind::Iq && get_or_set
+            {
+                bounce(server, &stanza, Condition::ServiceUnavailable).await;
+            }
+            return;
+        }
+    }
+    // A resource that is bound gets full-JID stanzas directly, whatever their kind, except
+    // subscription management, which is always about the bare JID (RFC 6121 section 3).
+    if let Some(full) = &full {
+        let is_sub = stanza.kind == Kind::Presence
+            && stanza
+                .typ()
+                .is_some_and(crate::stanza::is_subscription_type);
+        if !is_sub {
+            if let Some(s) = server.sessions.get(full) {
+                server
+                    .sessions
+                    .send(&s, Deliver::Stanza(Outgoing::new(stanza.el)));
+                return;
+            }
+        }
+    }
+    match stanza.kind {
+        Kind::Iq => {
+            if full.is_some() {
+                if !stanza.is_error() && stanza.typ() != Some("result") {
+                    bounce(server, &stanza, Condition::ServiceUnavailable).await;
+                }
+                return;
+            }
+            modules::handle_iq(server, stanza, modules::IqTarget::Account(bare)).await
+        }
+        Kind::Presence => modules::presence::inbound(server, stanza, bare, full.is_some()).await,
+        Kind::Message => message_to_bare(server, stanza, bare, full.is_some()).await,
+    }
+}
+
+/// RFC 6121 section 8.5.2 (bare JID) and 8.5.3.2 (full JID, resource not online).
+async fn message_to_bare(server: &Server, stanza: Stanza, bare: BareJid, was_full: bool) {
+    let typ = stanza.typ().unwrap_or("normal");
+    match typ {
+        "error" => return,
+        "groupchat" => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
+        "headline" if was_full => return,
+        _ => {}
+    }
+    let targets = server
+        .sessions
+        .sessions(&bare, |s| s.available && s.priority >= 0);
+    if !targets.is_empty() {
+        let out = Outgoing::new(stanza.el);
+        for s in &targets {
+            server.sessions.send(s, Deliver::Stanza(out.clone()));
+        }
+        return;
+    }
+    if typ == "headline" {
+        return;
+    }
+    match server
+        .storage
+        .user_exists(bare.domain().as_str(), jid::node_str(&bare))
+        .await
+    {
+        Ok(true) => modules::offline_message(server, stanza, bare).await,
+        Ok(false) => bounce(server, &stanza, Condition::ServiceUnavailable).await,
+        Err(e) => {
+            tracing::error!(error = %e, "checking account");
+            bounce(server, &stanza, Condition::InternalServerError).await
+        }
+    }
+}

@@ -1,0 +1,800 @@
+//! A client connection, from TCP accept to close: direct TLS or STARTTLS, SASL, resource
+//! binding, then the session loop that `select!`s over the parsed input, the mailbox and
+//! shutdown.
+//!
+//! Negotiation is sequential (one element in, one answer out). After binding, a small reader
+//! task parses the socket and feeds elements through a channel, so the session loop only
+//! awaits cancel-safe channel receives.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::registry::{Deliver, SessionEntry};
+use crate::error::{Condition, StanzaError, StreamError};
+use crate::jid::{BareJid, FullJid, Jid};
+use crate::modules::{self, presence::SessionPresence, roster, IqTarget};
+use crate::router;
+use crate::sasl::credentials::b64;
+use crate::sasl::scram::{self, ChannelBindings};
+use crate::sasl::{parse_plain, Failure, Mechanism, ThrottleKey};
+use crate::server::Server;
+use crate::stanza::{self, Kind, Stanza};
+use crate::stream::header;
+use crate::stream::tls::Transport;
+use crate::xml::{ns, Element, Limits, StreamHeader, XmlError, XmlEvent, XmlReader};
+
+type Reader = XmlReader<ReadHalf<Transport>>;
+type Writer = WriteHalf<Transport>;
+
+/// Writes that take longer than this mean the peer stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Failed SASL attempts allowed on one stream.
+const MAX_AUTH_ATTEMPTS: u32 = 5;
+
+pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let limits = Limits {
+            max_element_bytes: server.config.limits.max_stanza_size,
+            max_depth: server.config.limits.max_depth,
+        };
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(server.config.c2s.auth_timeout_secs);
+        let (transport, cb) = if direct_tls {
+            match tokio::time::timeout_at(deadline, server.tls.direct.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    let cb = server.tls.bindings(&tls);
+                    (Transport::Tls(Box::new(tls)), cb)
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            }
+        } else {
+            (Transport::Plain(tcp), ChannelBindings::default())
+        };
+        let (rd, wr) = tokio::io::split(transport);
+        let mut n = Negotiation {
+            server: server.clone(),
+            peer,
+            reader: Some(XmlReader::new(rd, limits)),
+            writer: Some(wr),
+            cb,
+            tls: direct_tls,
+            host: None,
+            user: None,
+            header_sent: false,
+            failures: 0,
+            limits,
+            deadline,
+        };
+        match n.run().await {
+            Ok(Some(bound)) => bound.run().await,
+            Ok(None) => {}
+            Err(e) => n.fail(e).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct Negotiation {
+    server: Arc<Server>,
+    peer: SocketAddr,
+    reader: Option<Reader>,
+    writer: Option<Writer>,
+    cb: ChannelBindings,
+    tls: bool,
+    host: Option<String>,
+    /// Authenticated account (node part), once SASL succeeded.
+    user: Option<String>,
+    header_sent: bool,
+    failures: u32,
+    limits: Limits,
+    deadline: tokio::time::Instant,
+}
+
+fn new_id() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect()
+}
+
+impl Negotiation {
+    async fn write(&mut self, s: &str) -> Result<(), StreamError> {
+        let w = self
+            .writer
+            .as_mut()
+            .ok_or(StreamError::InternalServerError)?;
+        let r = tokio::time::timeout(WRITE_TIMEOUT, async {
+            w.write_all(s.as_bytes()).await?;
+            w.flush().await
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(StreamError::UndefinedCondition),
+        }
+    }
+
+    /// Send a stream error (with our header first if none was sent yet) and close.
+    async fn fail(&mut self, e: StreamError) {
+        if e == StreamError::UndefinedCondition && self.writer.is_none() {
+            return;
+        }
+        tracing::debug!(condition = e.condition(), "closing stream with error");
+        let mut s = String::new();
+        if !self.header_sent {
+            s.push_str(&header(
+                ns::CLIENT,
+                &new_id(),
+                self.host
+                    .as_deref()
+                    .unwrap_or(self.server.config.default_host()),
+                None,
+            ));
+        }
+        s.push_str(&e.to_xml(None));
+        s.push_str("</stream:stream>");
+        let _ = self.write(&s).await;
+        if let Some(mut w) = self.writer.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w.shutdown()).await;
+        }
+    }
+
+    async fn next(&mut self) -> Result<XmlEvent, StreamError> {
+        let mut shutdown = self.server.shutdown.clone();
+        let reader = self
+            .reader
+            .as_mut()
+            .ok_or(StreamError::InternalServerError)?;
+        tokio::select! {
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => Err(StreamError::SystemShutdown),
+            r = tokio::time::timeout_at(self.deadline, reader.next()) => match r {
+                Err(_) => Err(StreamError::ConnectionTimeout),
+                Ok(Ok(ev)) => Ok(ev),
+                Ok(Err(XmlError::Eof)) | Ok(Err(XmlError::Io(_))) => Err(StreamError::UndefinedCondition),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "bad XML during negotiation");
+                    Err(StreamError::from(&e))
+                }
+            }
+        }
+    }
+
+    /// Negotiate until a resource is bound. `Ok(None)`: the peer closed cleanly.
+    async fn run(&mut self) -> Result<Option<Bound>, StreamError> {
+        loop {
+            let ev = match self.next().await {
+                Err(StreamError::UndefinedCondition) => return Ok(None),
+                other => other?,
+            };
+            match ev {
+                XmlEvent::StreamOpen(h) => self.open(h).await?,
+                XmlEvent::StreamClose => {
+                    let _ = self.write("</stream:stream>").await;
+                    return Ok(None);
+                }
+                XmlEvent::Element(el) => {
+                    if let Some(bound) = self.element(el).await? {
+                        return Ok(Some(bound));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Check a stream header (RFC 6120 section 4.7 and 4.9.3) and answer with ours and the
+    /// features for this stage.
+    async fn open(&mut self, h: StreamHeader) -> Result<(), StreamError> {
+        let to = h.attr("to").map(|t| t.to_ascii_lowercase());
+        if let Some(t) = &to {
+            if self.server.is_local_domain(t) && self.host.is_none() {
+                self.host = Some(t.clone());
+            }
+        }
+        if h.ns != ns::STREAM {
+            return Err(StreamError::InvalidNamespace);
+        }
+        if h.name != "stream" {
+            return Err(StreamError::BadFormat);
+        }
+        if h.default_ns != ns::CLIENT {
+            return Err(StreamError::InvalidNamespace);
+        }
+        let major = h
+            .attr("version")
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.trim().parse::<u32>().ok());
+        if major != Some(1) {
+            return Err(StreamError::UnsupportedVersion);
+        }
+        let host = match to {
+            Some(t) if self.server.is_local_domain(&t) => t,
+            _ => return Err(StreamError::HostUnknown),
+        };
+        if self.host.as_deref().is_some_and(|prev| prev != host) {
+            return Err(StreamError::HostUnknown);
+        }
+        self.host = Some(host.clone());
+        let mut out = header(ns::CLIENT, &new_id(), &host, h.attr("from"));
+        self.header_sent = true;
+        out.push_str("<stream:features>");
+        let require_tls = self.server.config.c2s.require_encryption;
+        if !self.tls {
+            let mut st = Element::new("starttls", ns::TLS);
+            if require_tls {
+                st = st.child(Element::new("required", ns::TLS));
+            }
+            st.write_to(&mut out, "");
+        }
+        if self.user.is_none() {
+            if self.tls || !require_tls {
+                self.mechanisms().write_to(&mut out, "");
+                if self.cb.any() {
+                    let mut cbel = Element::new("sasl-channel-binding", ns::SASL_CB);
+                    for name in self.cb.names() {
+                        cbel = cbel
+                            .child(Element::new("channel-binding", ns::SASL_CB).attr("type", name));
+                    }
+                    cbel.write_to(&mut out, "");
+                }
+            }
+        } else {
+            Element::new("bind", ns::BIND).write_to(&mut out, "");
+            Element::new("session", ns::SESSION)
+                .child(Element::new("optional", ns::SESSION))
+                .write_to(&mut out, "");
+            Element::new("ver", ns::ROSTER_VER).write_to(&mut out, "");
+            Element::new("sub", ns::PREAPPROVAL).write_to(&mut out, "");
+        }
+        out.push_str("</stream:features>");
+        self.write(&out).await
+    }
+
+    fn offered(&self) -> Vec<Mechanism> {
+        Mechanism::ALL
+            .into_iter()
+            .filter(|m| match m {
+                m if m.is_plus() => self.cb.any(),
+                Mechanism::Plain => self.tls && self.server.config.c2s.allow_plain,
+                _ => true,
+            })
+            .collect()
+    }
+
+    fn mechanisms(&self) -> Element {
+        let mut el = Element::new("mechanisms", ns::SASL);
+        for m in self.offered() {
+            el = el.child(Element::new("mechanism", ns::SASL).text(m.name()));
+        }
+        el
+    }
+
+    async fn element(&mut self, el: Element) -> Result<Option<Bound>, StreamError> {
+        if !self.header_sent {
+            return Err(StreamError::NotWellFormed);
+        }
+        match (el.ns.as_str(), el.name.as_str()) {
+            (ns::TLS, "starttls") if !self.tls => {
+                self.starttls().await?;
+                Ok(None)
+            }
+            (ns::SASL, "auth") if self.user.is_none() => {
+                self.authenticate(&el).await?;
+                Ok(None)
+            }
+            (ns::CLIENT, "iq") if self.user.is_some() => self.pre_bind_iq(el).await,
+            (ns::CLIENT, "message" | "presence" | "iq") => Err(StreamError::NotAuthorized),
+            (ns::TLS, _) | (ns::SASL, _) => Err(StreamError::PolicyViolation),
+            (ns::CLIENT, _) => Err(StreamError::UnsupportedStanzaType),
+            _ => Err(StreamError::UnsupportedStanzaType),
+        }
+    }
+
+    async fn starttls(&mut self) -> Result<(), StreamError> {
+        self.write(&Element::new("proceed", ns::TLS).to_xml())
+            .await?;
+        let reader = self.reader.take().ok_or(StreamError::InternalServerError)?;
+        let rd = reader
+            .into_inner()
+            .map_err(|_| StreamError::PolicyViolation)?;
+        let wr = self.writer.take().ok_or(StreamError::InternalServerError)?;
+        let Transport::Plain(tcp) = rd.unsplit(wr) else {
+            return Err(StreamError::InternalServerError);
+        };
+        let tls = match tokio::time::timeout_at(self.deadline, self.server.tls.starttls.accept(tcp))
+            .await
+        {
+            Ok(Ok(t)) => t,
+            _ => {
+                tracing::debug!("STARTTLS handshake failed");
+                return Err(StreamError::UndefinedCondition);
+            }
+        };
+        self.cb = self.server.tls.bindings(&tls);
+        let (rd, wr) = tokio::io::split(Transport::Tls(Box::new(tls)));
+        self.reader = Some(XmlReader::new(rd, self.limits));
+        self.writer = Some(wr);
+        self.tls = true;
+        self.header_sent = false;
+        Ok(())
+    }
+
+    async fn sasl_failure(&mut self, f: Failure, account: Option<&str>) -> Result<(), StreamError> {
+        self.failures += 1;
+        let mut keys = vec![ThrottleKey::Addr(self.peer.ip())];
+        if let Some(a) = account {
+            keys.push(ThrottleKey::Account(a.to_string()));
+        }
+        if f == Failure::NotAuthorized {
+            let delay = self.server.throttle.failure(&keys, Instant::now());
+            if !delay.is_zero() {
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    "slowing down repeated authentication failures"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let el = Element::new("failure", ns::SASL).child(Element::new(f.condition(), ns::SASL));
+        self.write(&el.to_xml()).await?;
+        if self.failures >= MAX_AUTH_ATTEMPTS {
+            return Err(StreamError::PolicyViolation);
+        }
+        Ok(())
+    }
+
+    /// Read a `<response/>`; `Err(Failure)` for `<abort/>` or anything else.
+    async fn response(&mut self) -> Result<Result<Vec<u8>, Failure>, StreamError> {
+        match self.next().await? {
+            XmlEvent::Element(el) if el.is("response", ns::SASL) => Ok(decode(&el.text_content())),
+            XmlEvent::Element(el) if el.is("abort", ns::SASL) => Ok(Err(Failure::Aborted)),
+            XmlEvent::Element(_) => Ok(Err(Failure::MalformedRequest)),
+            XmlEvent::StreamClose | XmlEvent::StreamOpen(_) => Err(StreamError::NotWellFormed),
+        }
+    }
+
+    async fn challenge(&mut self, data: &[u8]) -> Result<(), StreamError> {
+        let el = Element::new("challenge", ns::SASL).text(if data.is_empty() {
+            "=".to_string()
+        } else {
+            b64(data)
+        });
+        self.write(&el.to_xml()).await
+    }
+
+    /// Normalise a SASL username into the node of an account on this host.
+    fn account_of(&self, user: &str) -> Option<BareJid> {
+        let host = self.host.as_deref()?;
+        BareJid::new(&format!("{user}@{host}"))
+            .ok()
+            .filter(|j| j.node().is_some() && j.domain().as_str() == host)
+    }
+
+    async fn authenticate(&mut self, auth: &Element) -> Result<(), StreamError> {
+        let Some(mech) = auth
+            .get_attr("mechanism")
+            .and_then(Mechanism::from_name)
+            .filter(|m| self.offered().contains(m))
+        else {
+            return self.sasl_failure(Failure::InvalidMechanism, None).await;
+        };
+        if !self.tls && self.server.config.c2s.require_encryption {
+            return self.sasl_failure(Failure::EncryptionRequired, None).await;
+        }
+        let text = auth.text_content();
+        let initial = if text.trim().is_empty() {
+            self.challenge(&[]).await?;
+            match self.response().await? {
+                Ok(d) => d,
+                Err(f) => return self.sasl_failure(f, None).await,
+            }
+        } else {
+            match decode(&text) {
+                Ok(d) => d,
+                Err(f) => return self.sasl_failure(f, None).await,
+            }
+        };
+        let outcome = match mech.hash() {
+            None => self.plain(&initial).await,
+            Some(hash) => self.scram(mech, hash, &initial).await?,
+        };
+        match outcome {
+            Ok((account, extra)) => {
+                self.server
+                    .throttle
+                    .success(&ThrottleKey::Account(account.to_string()));
+                let mut el = Element::new("success", ns::SASL);
+                if let Some(x) = extra {
+                    el = el.text(b64(&x));
+                }
+                self.write(&el.to_xml()).await?;
+                tracing::info!(account = %account, mechanism = mech.name(), "authenticated");
+                self.user = Some(crate::jid::node_str(&Jid::from(account)).to_string());
+                // The stream restarts right after <success/>.
+                let reader = self.reader.take().ok_or(StreamError::InternalServerError)?;
+                self.reader = Some(reader.restart());
+                self.header_sent = false;
+                Ok(())
+            }
+            Err((f, account)) => self.sasl_failure(f, account.as_deref()).await,
+        }
+    }
+
+    async fn plain(
+        &mut self,
+        data: &[u8],
+    ) -> Result<(BareJid, Option<Vec<u8>>), (Failure, Option<String>)> {
+        let (authz, user, pass) = parse_plain(data).map_err(|f| (f, None))?;
+        let account = self
+            .account_of(&user)
+            .ok_or((Failure::NotAuthorized, None))?;
+        let key = Some(account.to_string());
+        check_authzid(authz.as_deref(), &account).map_err(|f| (f, key.clone()))?;
+        let host = account.domain().as_str().to_string();
+        let creds = match self
+            .server
+            .storage
+            .credentials(&host, crate::jid::node_str(&Jid::from(account.clone())))
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "loading credentials");
+                return Err((Failure::TemporaryAuthFailure, key));
+            }
+        };
+        // argon2 is deliberately expensive: keep it off the async workers.
+        let ok = match creds {
+            Some(c) => tokio::task::spawn_blocking(move || c.verify_password(&pass))
+                .await
+                .unwrap_or(false),
+            None => false,
+        };
+        if ok {
+            Ok((account, None))
+        } else {
+            Err((Failure::NotAuthorized, key))
+        }
+    }
+
+    async fn scram(
+        &mut self,
+        mech: Mechanism,
+        hash: crate::sasl::credentials::Hash,
+        first: &[u8],
+    ) -> Result<Result<(BareJid, Option<Vec<u8>>), (Failure, Option<String>)>, StreamError> {
+        let cf = match scram::client_first(first, mech.is_plus(), self.cb.any(), &self.cb) {
+            Ok(cf) => cf,
+            Err(f) => return Ok(Err((f, None))),
+        };
+        let Some(account) = self.account_of(&cf.username) else {
+            return Ok(Err((Failure::NotAuthorized, None)));
+        };
+        let key = Some(account.to_string());
+        if let Err(f) = check_authzid(cf.authzid.as_deref(), &account) {
+            return Ok(Err((f, key)));
+        }
+        let creds = match self
+            .server
+            .storage
+            .credentials(
+                account.domain().as_str(),
+                crate::jid::node_str(&Jid::from(account.clone())),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "loading credentials");
+                return Ok(Err((Failure::TemporaryAuthFailure, key)));
+            }
+        };
+        let (pending, server_first) = cf.server_first(hash, creds.as_ref());
+        self.challenge(&server_first).await?;
+        let client_final = match self.response().await? {
+            Ok(d) => d,
+            Err(f) => return Ok(Err((f, key))),
+        };
+        if creds.is_none() {
+            return Ok(Err((Failure::NotAuthorized, key)));
+        }
+        Ok(match pending.client_final(hash, &client_final) {
+            Ok(server_final) => Ok((account, Some(server_final))),
+            Err(f) => Err((f, key)),
+        })
+    }
+
+    async fn pre_bind_iq(&mut self, el: Element) -> Result<Option<Bound>, StreamError> {
+        let st = match Stanza::parse(el) {
+            Ok(s) => s,
+            Err((el, e)) => {
+                if let Some(r) = e.reply_to(&el) {
+                    self.write(&r.to_xml_in(ns::CLIENT)).await?;
+                }
+                return Ok(None);
+            }
+        };
+        let Some(payload) = st.payload() else {
+            return Err(StreamError::NotAuthorized);
+        };
+        if st.typ() != Some("set") || !payload.is("bind", ns::BIND) {
+            if payload.is("session", ns::SESSION) {
+                let r = st.iq_result(None);
+                self.write(&r.to_xml_in(ns::CLIENT)).await?;
+                return Ok(None);
+            }
+            let r = st.error_reply(
+                &StanzaError::new(Condition::NotAllowed).with_text("bind a resource first"),
+            );
+            if let Some(r) = r {
+                self.write(&r.to_xml_in(ns::CLIENT)).await?;
+            }
+            return Ok(None);
+        }
+        let user = self.user.clone().unwrap_or_default();
+        let host = self.host.clone().unwrap_or_default();
+        let requested = payload
+            .find("resource", ns::BIND)
+            .map(|r| r.text_content())
+            .filter(|r| !r.trim().is_empty());
+        let resource = requested.unwrap_or_else(|| format!("starling-{}", new_id()));
+        let jid = match FullJid::new(&format!("{user}@{host}/{resource}")) {
+            Ok(j) => j,
+            Err(_) => {
+                let r = st.error_reply(
+                    &StanzaError::new(Condition::BadRequest).with_text("invalid resource"),
+                );
+                if let Some(r) = r {
+                    self.write(&r.to_xml_in(ns::CLIENT)).await?;
+                }
+                return Ok(None);
+            }
+        };
+        let server = self.server.clone();
+        let blocked = modules::blocking::load(&server, &jid.to_bare()).await;
+        let (tx, rx) = mpsc::channel(server.config.c2s.mailbox_size);
+        let id = server.sessions.next_id();
+        let entry = SessionEntry {
+            jid: jid.clone(),
+            id,
+            tx,
+            available: false,
+            priority: 0,
+            presence: None,
+            roster_requested: false,
+            blocklist_requested: false,
+        };
+        if let Some(old) = server.sessions.bind(entry, blocked) {
+            // RFC 6120 section 7.7.2.2: the new login wins, the old stream gets <conflict/>.
+            let _ = old.tx.try_send(Deliver::Close(StreamError::Conflict));
+        }
+        tracing::Span::current().record("jid", tracing::field::display(&jid));
+        tracing::info!("resource bound");
+        let reply = st.iq_result(Some(
+            Element::new("bind", ns::BIND)
+                .child(Element::new("jid", ns::BIND).text(jid.to_string())),
+        ));
+        self.write(&reply.to_xml_in(ns::CLIENT)).await?;
+        let reader = self.reader.take().ok_or(StreamError::InternalServerError)?;
+        let writer = self.writer.take().ok_or(StreamError::InternalServerError)?;
+        Ok(Some(Bound {
+            server,
+            jid,
+            id,
+            reader: Some(reader),
+            writer,
+            mailbox: rx,
+            presence: SessionPresence::default(),
+            out: String::new(),
+        }))
+    }
+}
+
+fn decode(text: &str) -> Result<Vec<u8>, Failure> {
+    let t = text.trim();
+    if t == "=" {
+        return Ok(Vec::new());
+    }
+    crate::sasl::credentials::unb64(t).ok_or(Failure::IncorrectEncoding)
+}
+
+fn check_authzid(authzid: Option<&str>, account: &BareJid) -> Result<(), Failure> {
+    match authzid {
+        None => Ok(()),
+        Some(a) if crate::jid::parse(a).is_some_and(|j| j == Jid::from(account.clone())) => Ok(()),
+        Some(_) => Err(Failure::InvalidAuthzid),
+    }
+}
+
+/// A bound session.
+struct Bound {
+    server: Arc<Server>,
+    jid: FullJid,
+    id: u64,
+    /// Moved into the reader task when the loop starts.
+    reader: Option<Reader>,
+    writer: Writer,
+    mailbox: mpsc::Receiver<Deliver>,
+    presence: SessionPresence,
+    /// Bytes waiting to be written; flushed once per loop turn so bursts become one write.
+    out: String,
+}
+
+/// How a session loop ended.
+enum End {
+    /// Peer closed its stream: answer with our close tag.
+    Closed,
+    /// Connection lost.
+    Gone,
+    Error(StreamError),
+}
+
+impl Bound {
+    async fn run(mut self) {
+        let (in_tx, mut in_rx) = mpsc::channel::<Result<XmlEvent, XmlError>>(16);
+        let Some(mut reader) = self.reader.take() else {
+            return;
+        };
+        let reader_task = tokio::spawn(async move {
+            loop {
+                let ev = reader.next().await;
+                let stop = !matches!(ev, Ok(XmlEvent::Element(_)));
+                if in_tx.send(ev).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let mut shutdown = self.server.shutdown.clone();
+        let end = loop {
+            let step = tokio::select! {
+                biased;
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => Some(End::Error(StreamError::SystemShutdown)),
+                d = self.mailbox.recv() => match d {
+                    Some(d) => self.deliver(d),
+                    None => Some(End::Gone),
+                },
+                ev = in_rx.recv() => match ev {
+                    Some(Ok(XmlEvent::Element(el))) => self.inbound(el).await,
+                    Some(Ok(XmlEvent::StreamClose)) => Some(End::Closed),
+                    Some(Ok(XmlEvent::StreamOpen(_))) => Some(End::Error(StreamError::NotWellFormed)),
+                    Some(Err(XmlError::Eof)) | Some(Err(XmlError::Io(_))) | None => Some(End::Gone),
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "bad XML from client");
+                        Some(End::Error(StreamError::from(&e)))
+                    }
+                },
+            };
+            if let Some(end) = step {
+                break end;
+            }
+            if !self.out.is_empty() && self.flush().await.is_err() {
+                break End::Gone;
+            }
+        };
+        reader_task.abort();
+        match end {
+            End::Closed => self.out.push_str("</stream:stream>"),
+            End::Error(e) => {
+                tracing::debug!(condition = e.condition(), "closing stream with error");
+                self.out.push_str(&e.to_xml(None));
+                self.out.push_str("</stream:stream>");
+            }
+            End::Gone => self.out.clear(),
+        }
+        if !self.out.is_empty() {
+            let _ = self.flush().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.writer.shutdown()).await;
+        }
+        // The session is gone: unavailable to everyone who saw it, then out of the registry.
+        let (jid, id) = (self.jid.clone(), self.id);
+        if self.presence.available || !self.presence.directed.is_empty() {
+            self.presence
+                .unavailable(&self.server, &jid, id, None)
+                .await;
+        }
+        self.server.sessions.unbind(&jid, id);
+        tracing::info!("session ended");
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let r = tokio::time::timeout(WRITE_TIMEOUT, async {
+            self.writer.write_all(self.out.as_bytes()).await?;
+            self.writer.flush().await
+        })
+        .await;
+        self.out.clear();
+        match r {
+            Ok(r) => r,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    /// Append a mailbox item, and whatever else is already queued, to the output buffer.
+    fn deliver(&mut self, d: Deliver) -> Option<End> {
+        let mut next = Some(d);
+        let mut budget = 256;
+        while let Some(d) = next.take() {
+            match d {
+                Deliver::Stanza(o) => self.out.push_str(o.bytes()),
+                Deliver::Close(e) => return Some(End::Error(e)),
+            }
+            budget -= 1;
+            if budget > 0 {
+                next = self.mailbox.try_recv().ok();
+            }
+        }
+        None
+    }
+
+    /// A top-level element from the client.
+    async fn inbound(&mut self, el: Element) -> Option<End> {
+        if Stanza::kind_of(&el).is_none() {
+            return Some(End::Error(StreamError::UnsupportedStanzaType));
+        }
+        let mut st = match Stanza::parse(el) {
+            Ok(s) => s,
+            Err((el, e)) => {
+                if let Some(r) = e.reply_to(&el) {
+                    self.out.push_str(&r.to_xml_in(ns::CLIENT));
+                }
+                return None;
+            }
+        };
+        // RFC 6120 section 8.1.2.1: the server stamps the full JID; a client may only claim
+        // its own addresses.
+        if let Some(from) = &st.from {
+            let me = Jid::from(self.jid.clone());
+            if *from != me && *from != Jid::from(self.jid.to_bare()) {
+                return Some(End::Error(StreamError::InvalidFrom));
+            }
+        }
+        st.set_from(Jid::from(self.jid.clone()));
+        let server = self.server.clone();
+        match st.kind {
+            Kind::Presence => match (&st.to, st.typ()) {
+                (None, _) => {
+                    self.presence
+                        .broadcast(&server, &self.jid, self.id, st.el)
+                        .await
+                }
+                (Some(_), Some(t)) if stanza::is_subscription_type(t) => {
+                    if let Err(e) = roster::outbound(&server, &self.jid, st.clone()).await {
+                        if let Some(r) = st.error_reply(&e) {
+                            self.out.push_str(&r.to_xml_in(ns::CLIENT));
+                        }
+                    }
+                }
+                (Some(_), _) => self.presence.directed(&server, &self.jid, st).await,
+            },
+            Kind::Iq => {
+                if st.to.is_none() {
+                    modules::handle_iq(&server, st, IqTarget::Account(self.jid.to_bare())).await;
+                } else {
+                    router::route(&server, st).await;
+                }
+            }
+            Kind::Message => {
+                if st.to.is_none() {
+                    st.set_to(Jid::from(self.jid.to_bare()));
+                }
+                router::route(&server, st).await;
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,6 @@
+//! Sessions: the registry of bound resources, and the per-connection client task.
+
+pub mod c2s;
+pub mod registry;
+
+pub use registry::{Deliver, Outgoing, SessionEntry, SessionRegistry};

@@ -1,0 +1,194 @@
+//! The session table: bare JID -> account entry -> bound resources with their mailbox handles.
+//!
+//! It is a plain `std::sync::RwLock` map: every access is a short synchronous critical section,
+//! never held across an `.await`. Sessions talk to each other only by pushing into mailboxes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use tokio::sync::mpsc;
+
+use crate::error::StreamError;
+use crate::jid::{BareJid, FullJid, Jid};
+use crate::xml::Element;
+
+/// A stanza on its way to a session. The bytes are serialized once, lazily, and shared by every
+/// session the same stanza fans out to.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub el: Element,
+    bytes: OnceLock<Box<str>>,
+}
+
+impl Outgoing {
+    pub fn new(el: Element) -> Arc<Outgoing> {
+        Arc::new(Outgoing {
+            el,
+            bytes: OnceLock::new(),
+        })
+    }
+
+    pub fn bytes(&self) -> &str {
+        self.bytes
+            .get_or_init(|| self.el.to_xml_in(crate::xml::ns::CLIENT).into_boxed_str())
+    }
+}
+
+/// What can be put into a session's mailbox.
+#[derive(Debug)]
+pub enum Deliver {
+    Stanza(Arc<Outgoing>),
+    /// Close the stream with this error (e.g. `conflict` when replaced by a new login).
+    Close(StreamError),
+}
+
+pub type Mailbox = mpsc::Sender<Deliver>;
+
+/// One bound resource.
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    pub jid: FullJid,
+    /// Unique per session, so a replaced session never removes its successor.
+    pub id: u64,
+    pub tx: Mailbox,
+    /// Has sent initial presence and not yet unavailable.
+    pub available: bool,
+    pub priority: i8,
+    /// Last broadcast presence, answered to probes.
+    pub presence: Option<Arc<Outgoing>>,
+    /// Has fetched the roster, so gets roster pushes (RFC 6121 section 2.1.6).
+    pub roster_requested: bool,
+    /// Has fetched the block list, so gets block pushes (XEP-0191 section 3.3).
+    pub blocklist_requested: bool,
+}
+
+/// Per-account state shared by its resources.
+#[derive(Debug, Default)]
+pub struct AccountEntry {
+    pub sessions: Vec<SessionEntry>,
+    /// The block list, loaded when the first resource binds, kept current by the blocking module.
+    pub blocked: Arc<Vec<Jid>>,
+}
+
+#[derive(Default)]
+pub struct SessionRegistry {
+    accounts: RwLock<HashMap<BareJid, AccountEntry>>,
+    next_id: AtomicU64,
+}
+
+impl SessionRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Bind a resource. Returns the session it replaces (same full JID), which the caller
+    /// closes with `conflict`.
+    pub fn bind(&self, entry: SessionEntry, blocked: Vec<Jid>) -> Option<SessionEntry> {
+        let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
+        let acct = map.entry(entry.jid.to_bare()).or_default();
+        acct.blocked = Arc::new(blocked);
+        let old = acct
+            .sessions
+            .iter()
+            .position(|s| s.jid == entry.jid)
+            .map(|i| acct.sessions.remove(i));
+        acct.sessions.push(entry);
+        old
+    }
+
+    /// Remove a session (only if it is still the one with this id). Returns the entry.
+    pub fn unbind(&self, jid: &FullJid, id: u64) -> Option<SessionEntry> {
+        let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
+        let bare = jid.to_bare();
+        let acct = map.get_mut(&bare)?;
+        let i = acct.sessions.iter().position(|s| s.id == id)?;
+        let e = acct.sessions.remove(i);
+        if acct.sessions.is_empty() {
+            map.remove(&bare);
+        }
+        Some(e)
+    }
+
+    pub fn update(&self, jid: &FullJid, id: u64, f: impl FnOnce(&mut SessionEntry)) {
+        let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map
+            .get_mut(&jid.to_bare())
+            .and_then(|a| a.sessions.iter_mut().find(|s| s.id == id))
+        {
+            f(s);
+        }
+    }
+
+    pub fn get(&self, jid: &FullJid) -> Option<SessionEntry> {
+        let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&jid.to_bare())?
+            .sessions
+            .iter()
+            .find(|s| &s.jid == jid)
+            .cloned()
+    }
+
+    /// Every session of an account, filtered.
+    pub fn sessions(
+        &self,
+        bare: &BareJid,
+        filter: impl Fn(&SessionEntry) -> bool,
+    ) -> Vec<SessionEntry> {
+        let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        map.get(bare)
+            .map(|a| a.sessions.iter().filter(|s| filter(s)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn is_online(&self, bare: &BareJid) -> bool {
+        let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        map.contains_key(bare)
+    }
+
+    /// The block list of an online account (`None` when no resource is bound).
+    pub fn blocklist(&self, bare: &BareJid) -> Option<Arc<Vec<Jid>>> {
+        let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        map.get(bare).map(|a| a.blocked.clone())
+    }
+
+    pub fn set_blocklist(&self, bare: &BareJid, list: Vec<Jid>) {
+        let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = map.get_mut(bare) {
+            a.blocked = Arc::new(list);
+        }
+    }
+
+    /// Push to a session's mailbox. A session whose mailbox is full has stopped reading; it is
+    /// told to close rather than letting its backlog grow without bound.
+    pub fn send(&self, s: &SessionEntry, d: Deliver) {
+        match s.tx.try_send(d) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(jid = %s.jid, "mailbox full; closing the session");
+                let tx = s.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(Deliver::Close(StreamError::PolicyViolation)).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Every session (for shutdown).
+    pub fn all(&self) -> Vec<SessionEntry> {
+        let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .flat_map(|a| a.sessions.iter().cloned())
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|a| a.sessions.len()).sum()
+    }
+}

@@ -1,0 +1,228 @@
+//! Rosters (RFC 6121 section 2), roster versions (XEP-0237) and pending inbound subscription
+//! requests (RFC 6121 section 3.1.3).
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now_secs, Result, Storage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscription {
+    None,
+    To,
+    From,
+    Both,
+}
+
+impl Subscription {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscription::None => "none",
+            Subscription::To => "to",
+            Subscription::From => "from",
+            Subscription::Both => "both",
+        }
+    }
+
+    pub fn parse(s: &str) -> Subscription {
+        match s {
+            "to" => Subscription::To,
+            "from" => Subscription::From,
+            "both" => Subscription::Both,
+            _ => Subscription::None,
+        }
+    }
+
+    /// The account receives the contact's presence.
+    pub fn to(self) -> bool {
+        matches!(self, Subscription::To | Subscription::Both)
+    }
+
+    /// The contact receives the account's presence.
+    pub fn from(self) -> bool {
+        matches!(self, Subscription::From | Subscription::Both)
+    }
+
+    pub fn with(to: bool, from: bool) -> Subscription {
+        match (to, from) {
+            (true, true) => Subscription::Both,
+            (true, false) => Subscription::To,
+            (false, true) => Subscription::From,
+            (false, false) => Subscription::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterItem {
+    pub contact: String,
+    pub name: Option<String>,
+    pub subscription: Subscription,
+    /// An outbound subscription request is pending ("ask='subscribe'").
+    pub ask: bool,
+    /// The account pre-approved the contact's subscription (RFC 6121 section 3.4).
+    pub approved: bool,
+    pub groups: Vec<String>,
+}
+
+impl RosterItem {
+    pub fn new(contact: impl Into<String>) -> Self {
+        RosterItem {
+            contact: contact.into(),
+            name: None,
+            subscription: Subscription::None,
+            ask: false,
+            approved: false,
+            groups: Vec::new(),
+        }
+    }
+
+    fn from_row(r: &AnyRow) -> RosterItem {
+        let groups: String = r.get(5);
+        RosterItem {
+            contact: r.get(0),
+            name: r.get(1),
+            subscription: Subscription::parse(&r.get::<String, _>(2)),
+            ask: r.get::<i64, _>(3) != 0,
+            approved: r.get::<i64, _>(4) != 0,
+            groups: groups
+                .split('\n')
+                .filter(|g| !g.is_empty())
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
+const ITEM_COLUMNS: &str = "contact, name, subscription, ask_subscribe, approved, groups_list";
+
+impl Storage {
+    pub async fn roster(&self, owner: &str) -> Result<Vec<RosterItem>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = $1 ORDER BY contact"
+        ))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(RosterItem::from_row).collect())
+    }
+
+    pub async fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = $1 AND contact = $2"
+        ))
+        .bind(owner)
+        .bind(contact)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(RosterItem::from_row))
+    }
+
+    pub async fn roster_len(&self, owner: &str) -> Result<usize> {
+        let row = sqlx::query("SELECT COUNT(*) FROM roster_items WHERE owner = $1")
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get::<i64, _>(0) as usize)
+    }
+
+    pub async fn roster_version(&self, owner: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT version FROM roster_versions WHERE owner = $1")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0))
+    }
+
+    /// Insert or replace an item; returns the new roster version.
+    pub async fn put_roster_item(&self, owner: &str, item: &RosterItem) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO roster_items (owner, contact, name, subscription, ask_subscribe, approved, groups_list) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (owner, contact) DO UPDATE SET name = excluded.name, \
+             subscription = excluded.subscription, ask_subscribe = excluded.ask_subscribe, approved = excluded.approved, \
+             groups_list = excluded.groups_list",
+        )
+        .bind(owner)
+        .bind(&item.contact)
+        .bind(item.name.clone())
+        .bind(item.subscription.as_str())
+        .bind(item.ask as i64)
+        .bind(item.approved as i64)
+        .bind(item.groups.join("\n"))
+        .execute(&mut *tx)
+        .await?;
+        let v = bump_version(&mut tx, owner).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    /// Remove an item; returns the new roster version.
+    pub async fn delete_roster_item(&self, owner: &str, contact: &str) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM roster_items WHERE owner = $1 AND contact = $2")
+            .bind(owner)
+            .bind(contact)
+            .execute(&mut *tx)
+            .await?;
+        let v = bump_version(&mut tx, owner).await?;
+        tx.commit().await?;
+        Ok(v)
+    }
+
+    /// Remember an inbound subscription request until it is answered.
+    pub async fn put_subscription_request(
+        &self,
+        owner: &str,
+        contact: &str,
+        stanza: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO subscription_requests (owner, contact, stanza, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (owner, contact) DO UPDATE SET stanza = excluded.stanza",
+        )
+        .bind(owner)
+        .bind(contact)
+        .bind(stanza)
+        .bind(now_secs())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forget a pending request; `true` if there was one.
+    pub async fn take_subscription_request(&self, owner: &str, contact: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM subscription_requests WHERE owner = $1 AND contact = $2")
+            .bind(owner)
+            .bind(contact)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn has_subscription_request(&self, owner: &str, contact: &str) -> Result<bool> {
+        let r =
+            sqlx::query("SELECT 1 FROM subscription_requests WHERE owner = $1 AND contact = $2")
+                .bind(owner)
+                .bind(contact)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(r.is_some())
+    }
+
+    /// Pending requests as (contact, serialized stanza), oldest first.
+    pub async fn subscription_requests(&self, owner: &str) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT contact, stanza FROM subscription_requests WHERE owner = $1 ORDER BY created_at, contact").bind(owner).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+async fn bump_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>, owner: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO roster_versions (owner, version) VALUES ($1, 1) ON CONFLICT (owner) DO UPDATE SET version = roster_versions.version + 1 RETURNING version",
+    )
+    .bind(owner)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row.get::<i64, _>(0))
+}

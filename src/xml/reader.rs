@@ -1,0 +1,529 @@
+//! Incremental, namespace-aware reader of an XMPP stream over any `AsyncRead`.
+//!
+//! It turns bytes into [`XmlEvent`]s: the stream header, one complete top-level element
+//! (stanza or nonza) at a time, and the stream close. It enforces RFC 6120 section 11
+//! (restricted XML: no DTD, comments, processing instructions or entities beyond the five
+//! predefined ones), a maximum top-level element size and a maximum nesting depth.
+
+use std::borrow::Cow;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use quick_xml::events::{BytesStart, Event};
+use tokio::io::{AsyncRead, BufReader, ReadBuf};
+
+use super::element::{Element, Node};
+
+pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// What went wrong while reading; `error.rs` maps each to its stream error condition.
+#[derive(Debug, thiserror::Error)]
+pub enum XmlError {
+    #[error("connection closed")]
+    Eof,
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("not well-formed: {0}")]
+    NotWellFormed(String),
+    #[error("restricted XML: {0}")]
+    Restricted(&'static str),
+    #[error("element too large")]
+    TooLarge,
+    #[error("element nested too deeply")]
+    TooDeep,
+    #[error("unbound namespace prefix {0}")]
+    UnboundPrefix(String),
+    #[error("text outside any stanza")]
+    StrayText,
+}
+
+/// The stream's opening tag, namespaces resolved.
+#[derive(Debug, Clone)]
+pub struct StreamHeader {
+    /// Local name of the root element (`stream` when correct).
+    pub name: String,
+    /// Namespace of the root element.
+    pub ns: String,
+    /// Default namespace declared on the root (`jabber:client`, `jabber:server`, ...).
+    pub default_ns: String,
+    pub attrs: Vec<(String, String)>,
+}
+
+impl StreamHeader {
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug)]
+pub enum XmlEvent {
+    StreamOpen(StreamHeader),
+    Element(Element),
+    StreamClose,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_element_bytes: usize,
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_element_bytes: 256 * 1024,
+            max_depth: 64,
+        }
+    }
+}
+
+/// Counts bytes pulled from the socket since the last top-level element ended, and refuses to
+/// read past the limit, so a peer can never make the server buffer more than that.
+pub struct Counted<R> {
+    inner: R,
+    count: usize,
+    limit: usize,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.count > self.limit {
+            return Poll::Ready(Err(io::Error::other(TooLargeMarker)));
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r {
+            self.count += buf.filled().len() - before;
+        }
+        r
+    }
+}
+
+#[derive(Debug)]
+struct TooLargeMarker;
+impl std::fmt::Display for TooLargeMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("element too large")
+    }
+}
+impl std::error::Error for TooLargeMarker {}
+
+#[derive(Default, Clone)]
+struct Scope {
+    default_ns: Option<String>,
+    prefixes: Vec<(String, String)>,
+}
+
+pub struct XmlReader<R> {
+    reader: quick_xml::Reader<BufReader<Counted<R>>>,
+    buf: Vec<u8>,
+    scopes: Vec<Scope>,
+    /// Elements under construction below the stream root (stack; index 0 is the top-level one).
+    building: Vec<Element>,
+    opened: bool,
+    limits: Limits,
+}
+
+fn wf(e: impl std::fmt::Display) -> XmlError {
+    XmlError::NotWellFormed(e.to_string())
+}
+
+impl<R: AsyncRead + Unpin> XmlReader<R> {
+    pub fn new(inner: R, limits: Limits) -> Self {
+        let counted = Counted {
+            inner,
+            count: 0,
+            limit: limits.max_element_bytes,
+        };
+        Self::from_buffered(BufReader::with_capacity(4096, counted), limits)
+    }
+
+    fn from_buffered(br: BufReader<Counted<R>>, limits: Limits) -> Self {
+        let mut reader = quick_xml::Reader::from_reader(br);
+        let cfg = reader.config_mut();
+        cfg.trim_text(false);
+        cfg.check_end_names = true;
+        cfg.expand_empty_elements = false;
+        XmlReader {
+            reader,
+            buf: Vec::with_capacity(256),
+            scopes: Vec::new(),
+            building: Vec::new(),
+            opened: false,
+            limits,
+        }
+    }
+
+    /// Start a new stream on the same connection (after SASL success), keeping any bytes the
+    /// peer already pipelined.
+    pub fn restart(self) -> Self {
+        let limits = self.limits;
+        Self::from_buffered(self.reader.into_inner(), limits)
+    }
+
+    /// Give back the transport (for STARTTLS). Fails if the peer sent data past the point
+    /// where it must wait for the TLS handshake.
+    pub fn into_inner(self) -> Result<R, XmlError> {
+        let br = self.reader.into_inner();
+        if !br.buffer().is_empty() {
+            return Err(XmlError::NotWellFormed("data after starttls".into()));
+        }
+        Ok(br.into_inner().inner)
+    }
+
+    fn reset_count(&mut self) {
+        let br = self.reader.get_mut();
+        let pending = br.buffer().len();
+        br.get_mut().count = pending;
+    }
+
+    fn resolve(&self, scope: &Scope, qname: &str) -> Result<(String, String), XmlError> {
+        let (prefix, local) = match qname.split_once(':') {
+            Some((p, l)) => (Some(p), l),
+            None => (None, qname),
+        };
+        let lookup = |p: Option<&str>| -> Option<String> {
+            if let Some(p) = p {
+                if p == "xml" {
+                    return Some(NS_XML.to_string());
+                }
+                if let Some((_, ns)) = scope.prefixes.iter().rev().find(|(k, _)| k == p) {
+                    return Some(ns.clone());
+                }
+                for s in self.scopes.iter().rev() {
+                    if let Some((_, ns)) = s.prefixes.iter().rev().find(|(k, _)| k == p) {
+                        return Some(ns.clone());
+                    }
+                }
+                None
+            } else {
+                if let Some(d) = &scope.default_ns {
+                    return Some(d.clone());
+                }
+                for s in self.scopes.iter().rev() {
+                    if let Some(d) = &s.default_ns {
+                        return Some(d.clone());
+                    }
+                }
+                Some(String::new())
+            }
+        };
+        match lookup(prefix) {
+            Some(ns) => Ok((local.to_string(), ns)),
+            None => Err(XmlError::UnboundPrefix(
+                prefix.unwrap_or_default().to_string(),
+            )),
+        }
+    }
+
+    /// Parse a start tag: returns the element (no children), its scope.
+    fn start(&self, e: &BytesStart<'_>) -> Result<(Element, Scope), XmlError> {
+        let qname = std::str::from_utf8(e.name().as_ref())
+            .map_err(wf)?
+            .to_string();
+        let mut scope = Scope::default();
+        let mut attrs = Vec::new();
+        for a in e.attributes().with_checks(true) {
+            let a = a.map_err(wf)?;
+            let key = std::str::from_utf8(a.key.as_ref()).map_err(wf)?;
+            let value = a.unescape_value().map_err(|err| match err {
+                quick_xml::Error::Escape(_) => XmlError::Restricted("entity reference"),
+                other => wf(other),
+            })?;
+            if key == "xmlns" {
+                scope.default_ns = Some(value.into_owned());
+            } else if let Some(p) = key.strip_prefix("xmlns:") {
+                scope.prefixes.push((p.to_string(), value.into_owned()));
+            } else {
+                attrs.push((key.to_string(), value.into_owned()));
+            }
+        }
+        let (name, ns) = self.resolve(&scope, &qname)?;
+        // Prefixed attributes other than xml: must be bound too (namespace well-formedness).
+        for (k, _) in &attrs {
+            if let Some((p, _)) = k.split_once(':') {
+                if p != "xml"
+                    && !scope.prefixes.iter().any(|(q, _)| q == p)
+                    && !self
+                        .scopes
+                        .iter()
+                        .any(|s| s.prefixes.iter().any(|(q, _)| q == p))
+                {
+                    return Err(XmlError::UnboundPrefix(p.to_string()));
+                }
+            }
+        }
+        Ok((
+            Element {
+                name,
+                ns,
+                attrs,
+                children: Vec::new(),
+            },
+            scope,
+        ))
+    }
+
+    fn push_text(&mut self, text: Cow<'_, str>) -> Result<(), XmlError> {
+        match self.building.last_mut() {
+            Some(el) => {
+                if let Some(Node::Text(t)) = el.children.last_mut() {
+                    t.push_str(&text);
+                } else {
+                    el.children.push(Node::Text(text.into_owned()));
+                }
+                Ok(())
+            }
+            None if text.chars().all(|c| c.is_ascii_whitespace()) => Ok(()),
+            None => Err(XmlError::StrayText),
+        }
+    }
+
+    /// Finish the innermost element under construction; returns it if it was top-level.
+    fn close_element(&mut self) -> Option<Element> {
+        self.scopes.pop();
+        let el = self.building.pop()?;
+        match self.building.last_mut() {
+            Some(parent) => {
+                parent.children.push(Node::Element(el));
+                None
+            }
+            None => Some(el),
+        }
+    }
+
+    /// Read the next stream-level event.
+    pub async fn next(&mut self) -> Result<XmlEvent, XmlError> {
+        loop {
+            self.buf.clear();
+            let ev = match self.reader.read_event_into_async(&mut self.buf).await {
+                Ok(ev) => ev.into_owned(),
+                Err(quick_xml::Error::Io(e)) => {
+                    if e.get_ref().is_some_and(|i| i.is::<TooLargeMarker>()) {
+                        return Err(XmlError::TooLarge);
+                    }
+                    return Err(XmlError::Io(io::Error::new(e.kind(), e.to_string())));
+                }
+                Err(e) => return Err(wf(e)),
+            };
+            match ev {
+                Event::Decl(_) if !self.opened => continue,
+                Event::Decl(_) | Event::PI(_) => {
+                    return Err(XmlError::Restricted("processing instruction"))
+                }
+                Event::Comment(_) => return Err(XmlError::Restricted("comment")),
+                Event::DocType(_) => return Err(XmlError::Restricted("DTD")),
+                Event::Eof => return Err(XmlError::Eof),
+                Event::Start(s) if !self.opened => {
+                    let (el, scope) = self.start(&s)?;
+                    let default_ns = scope.default_ns.clone().unwrap_or_default();
+                    self.scopes.push(scope);
+                    self.opened = true;
+                    self.reset_count();
+                    return Ok(XmlEvent::StreamOpen(StreamHeader {
+                        name: el.name,
+                        ns: el.ns,
+                        default_ns,
+                        attrs: el.attrs,
+                    }));
+                }
+                Event::Empty(_) if !self.opened => {
+                    return Err(XmlError::NotWellFormed(
+                        "stream header closed at once".into(),
+                    ))
+                }
+                Event::Start(s) => {
+                    if self.building.len() + 1 > self.limits.max_depth {
+                        return Err(XmlError::TooDeep);
+                    }
+                    let (el, scope) = self.start(&s)?;
+                    self.scopes.push(scope);
+                    self.building.push(el);
+                }
+                Event::Empty(s) => {
+                    if self.building.len() + 1 > self.limits.max_depth {
+                        return Err(XmlError::TooDeep);
+                    }
+                    let (el, scope) = self.start(&s)?;
+                    self.scopes.push(scope);
+                    self.building.push(el);
+                    if let Some(top) = self.close_element() {
+                        self.reset_count();
+                        return Ok(XmlEvent::Element(top));
+                    }
+                }
+                Event::End(_) => {
+                    if self.building.is_empty() {
+                        self.scopes.clear();
+                        return Ok(XmlEvent::StreamClose);
+                    }
+                    if let Some(top) = self.close_element() {
+                        self.reset_count();
+                        return Ok(XmlEvent::Element(top));
+                    }
+                }
+                Event::Text(t) => {
+                    if !self.opened {
+                        let raw: &[u8] = t.as_ref();
+                        if raw.iter().all(|b| b.is_ascii_whitespace()) {
+                            continue;
+                        }
+                        return Err(XmlError::NotWellFormed("text before stream header".into()));
+                    }
+                    let text = t.unescape().map_err(|err| match err {
+                        quick_xml::Error::Escape(_) => XmlError::Restricted("entity reference"),
+                        other => wf(other),
+                    })?;
+                    self.push_text(text)?;
+                }
+                Event::CData(c) => {
+                    let s = std::str::from_utf8(c.as_ref()).map_err(wf)?.to_string();
+                    self.push_text(Cow::Owned(s))?;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn events(input: &str, limits: Limits) -> Vec<Result<XmlEvent, XmlError>> {
+        let mut r = XmlReader::new(input.as_bytes(), limits);
+        let mut out = Vec::new();
+        loop {
+            let ev = r.next().await;
+            let stop = ev.is_err() || matches!(ev, Ok(XmlEvent::StreamClose));
+            out.push(ev);
+            if stop {
+                return out;
+            }
+        }
+    }
+
+    const HEAD: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+    #[tokio::test]
+    async fn parses_header_stanzas_and_close() {
+        let input = format!("{HEAD} <message to='a@b'><body>hi &amp; &#x41;</body><x xmlns='urn:x'><y/></x></message>\n</stream:stream>");
+        let ev = events(&input, Limits::default()).await;
+        match &ev[0] {
+            Ok(XmlEvent::StreamOpen(h)) => {
+                assert_eq!(h.name, "stream");
+                assert_eq!(h.ns, "http://etherx.jabber.org/streams");
+                assert_eq!(h.default_ns, "jabber:client");
+                assert_eq!(h.attr("to"), Some("localhost"));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &ev[1] {
+            Ok(XmlEvent::Element(m)) => {
+                assert!(m.is("message", "jabber:client"));
+                assert_eq!(
+                    m.find("body", "jabber:client").unwrap().text_content(),
+                    "hi & A"
+                );
+                assert!(m.find("x", "urn:x").unwrap().find("y", "urn:x").is_some());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(ev[2], Ok(XmlEvent::StreamClose)));
+    }
+
+    #[tokio::test]
+    async fn rejects_restricted_xml() {
+        for bad in [
+            "<!-- c -->",
+            "<?pi x?>",
+            "<message>&foo;</message>",
+            "<message a='&bar;'/>",
+        ] {
+            let ev = events(&format!("{HEAD}{bad}"), Limits::default()).await;
+            assert!(
+                matches!(ev.last(), Some(Err(XmlError::Restricted(_)))),
+                "{bad}: {ev:?}"
+            );
+        }
+        let ev = events(
+            "<!DOCTYPE x [<!ENTITY a 'b'>]><stream:stream/>",
+            Limits::default(),
+        )
+        .await;
+        assert!(
+            matches!(ev.last(), Some(Err(XmlError::Restricted(_)))),
+            "{ev:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn rejects_malformed_and_oversized() {
+        let ev = events(&format!("{HEAD}<message></iq>"), Limits::default()).await;
+        assert!(
+            matches!(ev.last(), Some(Err(XmlError::NotWellFormed(_)))),
+            "{ev:?}"
+        );
+        let ev = events(&format!("{HEAD}<a:message/>"), Limits::default()).await;
+        assert!(
+            matches!(ev.last(), Some(Err(XmlError::UnboundPrefix(_)))),
+            "{ev:?}"
+        );
+        let big = format!(
+            "{HEAD}<message><body>{}</body></message>",
+            "x".repeat(10_000)
+        );
+        let ev = events(
+            &big,
+            Limits {
+                max_element_bytes: 4096,
+                max_depth: 8,
+            },
+        )
+        .await;
+        assert!(matches!(ev.last(), Some(Err(XmlError::TooLarge))), "{ev:?}");
+        let deep = format!("{HEAD}{}", "<a>".repeat(20));
+        let ev = events(
+            &deep,
+            Limits {
+                max_element_bytes: 4096,
+                max_depth: 8,
+            },
+        )
+        .await;
+        assert!(matches!(ev.last(), Some(Err(XmlError::TooDeep))), "{ev:?}");
+        let ev = events(&format!("{HEAD}hello"), Limits::default()).await;
+        assert!(
+            matches!(ev.last(), Some(Err(XmlError::StrayText))),
+            "{ev:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn many_small_stanzas_do_not_trip_the_size_limit() {
+        let mut input = HEAD.to_string();
+        for _ in 0..200 {
+            input.push_str(
+                "<message><body>0123456789012345678901234567890123456789</body></message>",
+            );
+        }
+        input.push_str("</stream:stream>");
+        let ev = events(
+            &input,
+            Limits {
+                max_element_bytes: 1024,
+                max_depth: 8,
+            },
+        )
+        .await;
+        assert_eq!(ev.len(), 202);
+        assert!(ev.iter().all(|e| e.is_ok()));
+    }
+}
