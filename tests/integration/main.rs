@@ -1,0 +1,4 @@
+//! One integration-test binary: a real server in-process, spoken to over TCP and TLS.
+
+mod common;
+mod core;
