@@ -205,23 +205,12 @@ macro_rules! default_from_serde {
         }
     )*};
 }
-default_from_serde!(
-    Config,
-    ServerConfig,
-    StorageConfig,
-    TlsConfig,
-    ListenConfig,
-    C2sConfig,
-    LimitsConfig,
-    AuthConfig,
-    LogConfig
-);
+default_from_serde!(Config, ServerConfig, StorageConfig, TlsConfig, ListenConfig, C2sConfig, LimitsConfig, AuthConfig, LogConfig);
 
 impl Config {
     /// Read and validate a config file; every problem found is reported.
     pub fn load(path: &Path) -> Result<Config, Vec<String>> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
         Self::parse(&text)
     }
 
@@ -243,27 +232,16 @@ impl Config {
         for h in &self.server.hosts {
             match jid::BareJid::new(h) {
                 Ok(j) if j.node().is_none() && j.domain().as_str() == h => {}
-                _ => errors.push(format!(
-                    "server.hosts: {h:?} is not a normalised domain name"
-                )),
+                _ => errors.push(format!("server.hosts: {h:?} is not a normalised domain name")),
             }
         }
         let url = &self.storage.url;
-        if !(url.is_empty()
-            || url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            errors.push(format!(
-                "storage.url: {url:?} must start with sqlite: or postgres://"
-            ));
+        if !(url.is_empty() || url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            errors.push(format!("storage.url: {url:?} must start with sqlite: or postgres://"));
         }
         for c in &self.tls.certificates {
             if !self.server.hosts.contains(&c.domain) {
-                errors.push(format!(
-                    "tls.certificates: {} is not in server.hosts",
-                    c.domain
-                ));
+                errors.push(format!("tls.certificates: {} is not in server.hosts", c.domain));
             }
             for p in [&c.cert, &c.key] {
                 if !p.exists() {
@@ -274,9 +252,7 @@ impl Config {
         if !self.tls.self_signed {
             for h in &self.server.hosts {
                 if !self.tls.certificates.iter().any(|c| &c.domain == h) {
-                    errors.push(format!(
-                        "tls: no certificate for {h} and tls.self_signed is false"
-                    ));
+                    errors.push(format!("tls: no certificate for {h} and tls.self_signed is false"));
                 }
             }
         }
@@ -284,10 +260,7 @@ impl Config {
             errors.push("auth.scram_iterations: must be at least 4096".into());
         }
         if self.limits.max_stanza_size < 10_000 {
-            errors.push(
-                "limits.max_stanza_size: must be at least 10000 bytes (RFC 6120 section 13.12)"
-                    .into(),
-            );
+            errors.push("limits.max_stanza_size: must be at least 10000 bytes (RFC 6120 section 13.12)".into());
         }
         if self.limits.max_depth < 8 {
             errors.push("limits.max_depth: must be at least 8".into());
@@ -311,11 +284,7 @@ impl Config {
     }
 
     pub fn default_host(&self) -> &str {
-        self.server
-            .hosts
-            .first()
-            .map(|s| s.as_str())
-            .unwrap_or("localhost")
+        self.server.hosts.first().map(|s| s.as_str()).unwrap_or("localhost")
     }
 }
 

@@ -56,9 +56,7 @@ impl StreamError {
         let mut s = String::from("<stream:error>");
         Element::new(self.condition(), ns::STREAM_ERRORS).write_to(&mut s, "");
         if let Some(t) = text {
-            Element::new("text", ns::STREAM_ERRORS)
-                .text(t)
-                .write_to(&mut s, "");
+            Element::new("text", ns::STREAM_ERRORS).text(t).write_to(&mut s, "");
         }
         s.push_str("</stream:error>");
         s
@@ -130,13 +128,7 @@ impl Condition {
         use Condition::*;
         match self {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation => "modify",
-            Conflict
-            | FeatureNotImplemented
-            | Forbidden
-            | ItemNotFound
-            | NotAllowed
-            | NotAuthorized
-            | RemoteServerNotFound => "cancel",
+            Conflict | FeatureNotImplemented | Forbidden | ItemNotFound | NotAllowed | NotAuthorized | RemoteServerNotFound => "cancel",
             Gone | RecipientUnavailable | ServiceUnavailable | UndefinedCondition => "cancel",
             InternalServerError | ResourceConstraint | UnexpectedRequest => "wait",
         }
@@ -148,16 +140,12 @@ impl Condition {
 pub struct StanzaError {
     pub condition: Condition,
     pub text: Option<String>,
-    pub app: Option<Element>,
+    pub app: Option<Box<Element>>,
 }
 
 impl From<Condition> for StanzaError {
     fn from(condition: Condition) -> Self {
-        StanzaError {
-            condition,
-            text: None,
-            app: None,
-        }
+        StanzaError { condition, text: None, app: None }
     }
 }
 
@@ -179,7 +167,7 @@ impl StanzaError {
     }
 
     pub fn with_app(mut self, app: Element) -> Self {
-        self.app = Some(app);
+        self.app = Some(Box::new(app));
         self
     }
 
@@ -189,14 +177,10 @@ impl StanzaError {
             .attr("type", self.condition.error_type())
             .child(Element::new(self.condition.name(), ns::STANZA_ERRORS));
         if let Some(t) = &self.text {
-            e = e.child(
-                Element::new("text", ns::STANZA_ERRORS)
-                    .attr("xml:lang", "en")
-                    .text(t.clone()),
-            );
+            e = e.child(Element::new("text", ns::STANZA_ERRORS).attr("xml:lang", "en").text(t.clone()));
         }
         if let Some(a) = &self.app {
-            e = e.child(a.clone());
+            e = e.child((**a).clone());
         }
         e
     }
@@ -209,12 +193,7 @@ impl StanzaError {
             return None;
         }
         let mut reply = Element::new(original.name.clone(), ns::CLIENT);
-        reply.attrs = original
-            .attrs
-            .iter()
-            .filter(|(k, _)| k != "to" && k != "from" && k != "type")
-            .cloned()
-            .collect();
+        reply.attrs = original.attrs.iter().filter(|(k, _)| k != "to" && k != "from" && k != "type").cloned().collect();
         if let Some(from) = original.get_attr("from") {
             reply.set_attr("to", from);
         }
@@ -225,9 +204,7 @@ impl StanzaError {
         if original.name != "iq" {
             reply.children = original.children.clone();
         }
-        reply
-            .children
-            .push(crate::xml::Node::Element(self.to_element()));
+        reply.children.push(crate::xml::Node::Element(self.to_element()));
         Some(reply)
     }
 }
@@ -238,14 +215,8 @@ mod tests {
 
     #[test]
     fn error_reply_swaps_addresses_and_never_answers_errors() {
-        let msg = Element::new("message", ns::CLIENT)
-            .attr("from", "a@x/r")
-            .attr("to", "b@x")
-            .attr("id", "1")
-            .attr("type", "chat");
-        let r = StanzaError::new(Condition::ServiceUnavailable)
-            .reply_to(&msg)
-            .unwrap();
+        let msg = Element::new("message", ns::CLIENT).attr("from", "a@x/r").attr("to", "b@x").attr("id", "1").attr("type", "chat");
+        let r = StanzaError::new(Condition::ServiceUnavailable).reply_to(&msg).unwrap();
         assert_eq!(r.get_attr("to"), Some("a@x/r"));
         assert_eq!(r.get_attr("from"), Some("b@x"));
         assert_eq!(r.get_attr("type"), Some("error"));
@@ -253,9 +224,7 @@ mod tests {
         let err = r.find("error", ns::CLIENT).unwrap();
         assert_eq!(err.get_attr("type"), Some("cancel"));
         assert!(err.find("service-unavailable", ns::STANZA_ERRORS).is_some());
-        assert!(StanzaError::new(Condition::BadRequest)
-            .reply_to(&r)
-            .is_none());
+        assert!(StanzaError::new(Condition::BadRequest).reply_to(&r).is_none());
     }
 
     #[test]

@@ -49,18 +49,10 @@ mod tests {
     #[test]
     fn blocking_matches() {
         let full = parse("romeo@montague.lit/orchard").unwrap();
-        for item in [
-            "romeo@montague.lit/orchard",
-            "romeo@montague.lit",
-            "montague.lit",
-        ] {
+        for item in ["romeo@montague.lit/orchard", "romeo@montague.lit", "montague.lit"] {
             assert!(matches_item(&parse(item).unwrap(), &full), "{item}");
         }
-        for item in [
-            "romeo@montague.lit/other",
-            "juliet@montague.lit",
-            "capulet.lit",
-        ] {
+        for item in ["romeo@montague.lit/other", "juliet@montague.lit", "capulet.lit"] {
             assert!(!matches_item(&parse(item).unwrap(), &full), "{item}");
         }
     }

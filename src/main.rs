@@ -80,10 +80,7 @@ impl PasswordSource {
             let _ = std::io::stderr().flush();
         }
         let mut line = String::new();
-        stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        stdin.lock().read_line(&mut line).map_err(|e| e.to_string())?;
         let p = line.trim_end_matches(['\n', '\r']).to_string();
         if p.is_empty() {
             return Err("empty password".into());
@@ -100,44 +97,29 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, Vec<String>> {
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 /// Split and normalise user@host, checking the host is served.
 fn account(cfg: &Config, jid: &str) -> Result<(String, String), String> {
     let j = jid::BareJid::new(jid).map_err(|e| format!("{jid}: {e}"))?;
-    let node = j
-        .node()
-        .ok_or_else(|| format!("{jid}: no user part"))?
-        .as_str()
-        .to_string();
+    let node = j.node().ok_or_else(|| format!("{jid}: no user part"))?.as_str().to_string();
     let host = j.domain().as_str().to_string();
     if !cfg.server.hosts.contains(&host) {
-        return Err(format!(
-            "{host} is not a host of this server (server.hosts)"
-        ));
+        return Err(format!("{host} is not a host of this server (server.hosts)"));
     }
     Ok((host, node))
 }
 
 async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
-    let storage = Storage::open(&cfg.storage_url(), 2)
-        .await
-        .map_err(|e| e.to_string())?;
+    let storage = Storage::open(&cfg.storage_url(), 2).await.map_err(|e| e.to_string())?;
     let r = match action {
         UserCmd::Add { jid, pw } => {
             let (host, node) = account(cfg, &jid)?;
             let creds = Credentials::new(&pw.read()?, cfg.auth.scram_iterations);
-            if storage
-                .create_user(&host, &node, &creds)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if storage.create_user(&host, &node, &creds).await.map_err(|e| e.to_string())? {
                 println!("created {node}@{host}");
                 Ok(())
             } else {
@@ -146,11 +128,7 @@ async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
         }
         UserCmd::Del { jid } => {
             let (host, node) = account(cfg, &jid)?;
-            if storage
-                .delete_user(&host, &node)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if storage.delete_user(&host, &node).await.map_err(|e| e.to_string())? {
                 println!("deleted {node}@{host}");
                 Ok(())
             } else {
@@ -160,11 +138,7 @@ async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
         UserCmd::Passwd { jid, pw } => {
             let (host, node) = account(cfg, &jid)?;
             let creds = Credentials::new(&pw.read()?, cfg.auth.scram_iterations);
-            if storage
-                .set_password(&host, &node, &creds)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if storage.set_password(&host, &node, &creds).await.map_err(|e| e.to_string())? {
                 println!("password changed for {node}@{host}");
                 Ok(())
             } else {
@@ -172,11 +146,7 @@ async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
             }
         }
         UserCmd::List { host } => {
-            for (h, u) in storage
-                .list_users(host.as_deref())
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            for (h, u) in storage.list_users(host.as_deref()).await.map_err(|e| e.to_string())? {
                 println!("{u}@{h}");
             }
             Ok(())
@@ -210,10 +180,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     init_logging(&cfg);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

@@ -48,10 +48,7 @@ pub fn classify(server: &Server, to: &Jid) -> Destination {
 
 /// Route a stanza whose `from` is set and trusted. (Boxed: delivery can route again, e.g. an
 /// error reply or a presence answer.)
-pub fn route(
-    server: &Server,
-    stanza: Stanza,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+pub fn route(server: &Server, stanza: Stanza) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
     Box::pin(route_now(server, stanza))
 }
 
@@ -89,8 +86,7 @@ fn blocked_outbound(server: &Server, stanza: &Stanza, to: &Jid) -> bool {
     let Some(from) = &stanza.from else {
         return false;
     };
-    if from.node().is_none() || !server.is_local_domain(from.domain().as_str()) || stanza.is_error()
-    {
+    if from.node().is_none() || !server.is_local_domain(from.domain().as_str()) || stanza.is_error() {
         return false;
     }
     let Some(list) = server.sessions.blocklist(&from.to_bare()) else {
@@ -100,8 +96,7 @@ fn blocked_outbound(server: &Server, stanza: &Stanza, to: &Jid) -> bool {
         return false;
     }
     if stanza.kind != Kind::Presence {
-        let err = StanzaError::new(Condition::NotAcceptable)
-            .with_app(Element::new("blocked", ns::BLOCKING_ERRORS));
+        let err = StanzaError::new(Condition::NotAcceptable).with_app(Element::new("blocked", ns::BLOCKING_ERRORS));
         if let Some(reply) = stanza.error_reply(&err) {
             deliver_to_sender(server, reply);
         }
@@ -116,9 +111,7 @@ fn deliver_to_sender(server: &Server, reply: Element) {
     };
     if let Ok(full) = to.try_into_full() {
         if let Some(s) = server.sessions.get(&full) {
-            server
-                .sessions
-                .send(&s, Deliver::Stanza(Outgoing::new(reply)));
+            server.sessions.send(&s, Deliver::Stanza(Outgoing::new(reply)));
         }
     }
 }
@@ -155,9 +148,7 @@ async fn to_local(server: &Server, stanza: Stanza, bare: BareJid, full: Option<F
     if let Some(from) = &stanza.from {
         if from.to_bare() != bare && blocked_inbound(server, &bare, from).await {
             let get_or_set = matches!(stanza.typ(), Some("get") | Some("set"));
-            if stanza.kind == Kind::Message && !stanza.is_error()
-                || stanza.kind == Kind::Iq && get_or_set
-            {
+            if stanza.kind == Kind::Message && !stanza.is_error() || stanza.kind == Kind::Iq && get_or_set {
                 bounce(server, &stanza, Condition::ServiceUnavailable).await;
             }
             return;
@@ -166,15 +157,10 @@ async fn to_local(server: &Server, stanza: Stanza, bare: BareJid, full: Option<F
     // A resource that is bound gets full-JID stanzas directly, whatever their kind, except
     // subscription management, which is always about the bare JID (RFC 6121 section 3).
     if let Some(full) = &full {
-        let is_sub = stanza.kind == Kind::Presence
-            && stanza
-                .typ()
-                .is_some_and(crate::stanza::is_subscription_type);
+        let is_sub = stanza.kind == Kind::Presence && stanza.typ().is_some_and(crate::stanza::is_subscription_type);
         if !is_sub {
             if let Some(s) = server.sessions.get(full) {
-                server
-                    .sessions
-                    .send(&s, Deliver::Stanza(Outgoing::new(stanza.el)));
+                server.sessions.send(&s, Deliver::Stanza(Outgoing::new(stanza.el)));
                 return;
             }
         }
@@ -203,9 +189,7 @@ async fn message_to_bare(server: &Server, stanza: Stanza, bare: BareJid, was_ful
         "headline" if was_full => return,
         _ => {}
     }
-    let targets = server
-        .sessions
-        .sessions(&bare, |s| s.available && s.priority >= 0);
+    let targets = server.sessions.sessions(&bare, |s| s.available && s.priority >= 0);
     if !targets.is_empty() {
         let out = Outgoing::new(stanza.el);
         for s in &targets {
@@ -216,11 +200,7 @@ async fn message_to_bare(server: &Server, stanza: Stanza, bare: BareJid, was_ful
     if typ == "headline" {
         return;
     }
-    match server
-        .storage
-        .user_exists(bare.domain().as_str(), jid::node_str(&bare))
-        .await
-    {
+    match server.storage.user_exists(bare.domain().as_str(), jid::node_str(&bare)).await {
         Ok(true) => modules::offline_message(server, stanza, bare).await,
         Ok(false) => bounce(server, &stanza, Condition::ServiceUnavailable).await,
         Err(e) => {

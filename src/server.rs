@@ -70,10 +70,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let server = Arc::new(Server {
         hosts: config.server.hosts.iter().cloned().collect(),
-        throttle: AuthThrottle::new(
-            config.auth.free_failures,
-            Duration::from_secs(config.auth.max_delay_secs),
-        ),
+        throttle: AuthThrottle::new(config.auth.free_failures, Duration::from_secs(config.auth.max_delay_secs)),
         config,
         storage,
         sessions: SessionRegistry::new(),
@@ -86,18 +83,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let limit = Arc::new(Semaphore::new(server.config.c2s.max_connections));
     let mut c2s_addrs = Vec::new();
     let mut c2s_tls_addrs = Vec::new();
-    let listeners = server.config.listen.c2s.iter().map(|a| (*a, false)).chain(
-        server
-            .config
-            .listen
-            .c2s_direct_tls
-            .iter()
-            .map(|a| (*a, true)),
-    );
+    let listeners =
+        server.config.listen.c2s.iter().map(|a| (*a, false)).chain(server.config.listen.c2s_direct_tls.iter().map(|a| (*a, true)));
     for (addr, direct) in listeners.collect::<Vec<_>>() {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| StartError::Listen(addr, e))?;
+        let l = TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?;
         let local = l.local_addr().map_err(|e| StartError::Listen(addr, e))?;
         tracing::info!(addr = %local, direct_tls = direct, "listening for clients");
         if direct {
@@ -105,31 +94,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         } else {
             c2s_addrs.push(local);
         }
-        tokio::spawn(accept_loop(
-            server.clone(),
-            l,
-            direct,
-            limit.clone(),
-            alive_tx.clone(),
-        ));
+        tokio::spawn(accept_loop(server.clone(), l, direct, limit.clone(), alive_tx.clone()));
     }
-    Ok(Running {
-        server,
-        c2s_addrs,
-        c2s_tls_addrs,
-        shutdown_tx,
-        alive_tx,
-        alive_rx,
-    })
+    Ok(Running { server, c2s_addrs, c2s_tls_addrs, shutdown_tx, alive_tx, alive_rx })
 }
 
-async fn accept_loop(
-    server: Arc<Server>,
-    listener: TcpListener,
-    direct: bool,
-    limit: Arc<Semaphore>,
-    alive: mpsc::Sender<()>,
-) {
+async fn accept_loop(server: Arc<Server>, listener: TcpListener, direct: bool, limit: Arc<Semaphore>, alive: mpsc::Sender<()>) {
     let mut shutdown = server.shutdown.clone();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -161,13 +131,7 @@ async fn accept_loop(
 impl Running {
     /// Close every stream with `system-shutdown`, wait for them (bounded), close storage.
     pub async fn shutdown(self) {
-        let Running {
-            server,
-            shutdown_tx,
-            alive_tx,
-            mut alive_rx,
-            ..
-        } = self;
+        let Running { server, shutdown_tx, alive_tx, mut alive_rx, .. } = self;
         tracing::info!(sessions = server.sessions.count(), "shutting down");
         let _ = shutdown_tx.send(true);
         drop(alive_tx);

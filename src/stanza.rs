@@ -37,28 +37,26 @@ impl Stanza {
     /// Parse the envelope. Addresses that are not JIDs give `jid-malformed`; an iq without an
     /// id or with a wrong type, or with a payload count other than one for get/set, gives
     /// `bad-request` (RFC 6120 section 8.2.3).
-    pub fn parse(mut el: Element) -> Result<Stanza, (Element, StanzaError)> {
+    pub fn parse(mut el: Element) -> Result<Stanza, Box<(Element, StanzaError)>> {
         let kind = match Self::kind_of(&el) {
             Some(k) => k,
-            None => return Err((el, Condition::BadRequest.into())),
+            None => return Err(Box::new((el, Condition::BadRequest.into()))),
         };
         // Everything inside the server uses the client namespace; links translate at the edge.
         el.ns = ns::CLIENT.to_string();
-        let addr = |name: &str| -> Result<Option<Jid>, StanzaError> {
+        let addr = |name: &str| -> Result<Option<Jid>, Condition> {
             match el.get_attr(name) {
                 None => Ok(None),
-                Some(v) => jid::parse(v)
-                    .map(Some)
-                    .ok_or_else(|| Condition::JidMalformed.into()),
+                Some(v) => jid::parse(v).map(Some).ok_or(Condition::JidMalformed),
             }
         };
         let from = match addr("from") {
             Ok(f) => f,
-            Err(e) => return Err((el, e)),
+            Err(e) => return Err(Box::new((el, e.into()))),
         };
         let to = match addr("to") {
             Ok(t) => t,
-            Err(e) => return Err((el, e)),
+            Err(e) => return Err(Box::new((el, e.into()))),
         };
         if kind == Kind::Iq {
             let t = el.get_attr("type").unwrap_or("");
@@ -71,7 +69,7 @@ impl Stanza {
                     _ => false,
                 };
             if !ok {
-                return Err((el, Condition::BadRequest.into()));
+                return Err(Box::new((el, Condition::BadRequest.into())));
             }
         }
         // Normalise addresses as written on the wire.
@@ -133,18 +131,12 @@ impl Stanza {
 
 /// Build a new stanza element.
 pub fn presence(from: &Jid, to: &Jid, typ: Option<&str>) -> Element {
-    Element::new("presence", ns::CLIENT)
-        .attr("from", from.to_string())
-        .attr("to", to.to_string())
-        .attr_opt("type", typ)
+    Element::new("presence", ns::CLIENT).attr("from", from.to_string()).attr("to", to.to_string()).attr_opt("type", typ)
 }
 
 /// Presence types that manage subscriptions (RFC 6121 section 3).
 pub fn is_subscription_type(t: &str) -> bool {
-    matches!(
-        t,
-        "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed"
-    )
+    matches!(t, "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")
 }
 
 #[cfg(test)]
@@ -153,23 +145,12 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
-        let el = Element::new("iq", ns::CLIENT)
-            .attr("id", "1")
-            .attr("type", "get")
-            .child(Element::new("ping", ns::PING));
+        let el = Element::new("iq", ns::CLIENT).attr("id", "1").attr("type", "get").child(Element::new("ping", ns::PING));
         let s = Stanza::parse(el).unwrap();
         assert_eq!(s.kind, Kind::Iq);
-        let el = Element::new("iq", ns::CLIENT)
-            .attr("id", "1")
-            .attr("type", "get");
-        assert_eq!(
-            Stanza::parse(el).unwrap_err().1.condition,
-            Condition::BadRequest
-        );
+        let el = Element::new("iq", ns::CLIENT).attr("id", "1").attr("type", "get");
+        assert_eq!(Stanza::parse(el).unwrap_err().1.condition, Condition::BadRequest);
         let el = Element::new("message", ns::CLIENT).attr("to", "a@b@c");
-        assert_eq!(
-            Stanza::parse(el).unwrap_err().1.condition,
-            Condition::JidMalformed
-        );
+        assert_eq!(Stanza::parse(el).unwrap_err().1.condition, Condition::JidMalformed);
     }
 }

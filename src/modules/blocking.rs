@@ -10,19 +10,10 @@ use crate::xml::{ns, Element};
 
 pub const MODULE: Module = Module {
     name: "blocking",
-    specs: &[Spec {
-        id: "XEP-0191",
-        title: "Blocking Command",
-        note: "applied by the router",
-    }],
+    specs: &[Spec { id: "XEP-0191", title: "Blocking Command", note: "applied by the router" }],
     host_features: &[],
     account_features: &[ns::BLOCKING],
-    iq: &[IqHandler {
-        ns: ns::BLOCKING,
-        on_host: false,
-        on_account: true,
-        handle,
-    }],
+    iq: &[IqHandler { ns: ns::BLOCKING, on_host: false, on_account: true, handle }],
 };
 
 /// The stored list, parsed.
@@ -40,12 +31,7 @@ fn item_jids(payload: &Element) -> Result<Vec<String>, Condition> {
     payload
         .elements()
         .filter(|e| e.is("item", ns::BLOCKING))
-        .map(|e| {
-            e.get_attr("jid")
-                .and_then(jid::parse)
-                .map(|j| j.to_string())
-                .ok_or(Condition::JidMalformed)
-        })
+        .map(|e| e.get_attr("jid").and_then(jid::parse).map(|j| j.to_string()).ok_or(Condition::JidMalformed))
         .collect()
 }
 
@@ -57,9 +43,7 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
             (false, "blocklist") => {
                 if let Ok(full) = req.from.clone().try_into_full() {
                     if let Some(s) = server.sessions.get(&full) {
-                        server
-                            .sessions
-                            .update(&full, s.id, |e| e.blocklist_requested = true);
+                        server.sessions.update(&full, s.id, |e| e.blocklist_requested = true);
                     }
                 }
                 let mut list = Element::new("blocklist", ns::BLOCKING);
@@ -74,9 +58,7 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
                     return Err(Condition::BadRequest.into());
                 }
                 server.storage.block(owner.as_str(), &jids).await?;
-                server
-                    .sessions
-                    .set_blocklist(&owner, load(server, &owner).await);
+                server.sessions.set_blocklist(&owner, load(server, &owner).await);
                 // The blocked contacts stop seeing the account online (XEP-0191 section 3.3).
                 for s in server.sessions.sessions(&owner, |s| s.available) {
                     for j in &jids {
@@ -91,18 +73,11 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
                             if let Some(to) = to {
                                 if let Ok(full) = to.clone().try_into_full() {
                                     if let Some(t) = server.sessions.get(&full) {
-                                        server
-                                            .sessions
-                                            .send(&t, Deliver::Stanza(Outgoing::new(st.el)));
+                                        server.sessions.send(&t, Deliver::Stanza(Outgoing::new(st.el)));
                                     }
                                 } else {
-                                    for t in
-                                        server.sessions.sessions(&to.to_bare(), |t| t.available)
-                                    {
-                                        server.sessions.send(
-                                            &t,
-                                            Deliver::Stanza(Outgoing::new(st.el.clone())),
-                                        );
+                                    for t in server.sessions.sessions(&to.to_bare(), |t| t.available) {
+                                        server.sessions.send(&t, Deliver::Stanza(Outgoing::new(st.el.clone())));
                                     }
                                 }
                             }
@@ -115,9 +90,7 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
             (true, "unblock") => {
                 let jids = item_jids(p)?;
                 server.storage.unblock(owner.as_str(), &jids).await?;
-                server
-                    .sessions
-                    .set_blocklist(&owner, load(server, &owner).await);
+                server.sessions.set_blocklist(&owner, load(server, &owner).await);
                 push(server, &owner, p.clone());
                 Ok(None)
             }

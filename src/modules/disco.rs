@@ -7,26 +7,12 @@ use crate::xml::{ns, Element};
 
 pub const MODULE: Module = Module {
     name: "disco",
-    specs: &[Spec {
-        id: "XEP-0030",
-        title: "Service Discovery",
-        note: "features collected from the modules",
-    }],
+    specs: &[Spec { id: "XEP-0030", title: "Service Discovery", note: "features collected from the modules" }],
     host_features: &[ns::DISCO_INFO, ns::DISCO_ITEMS],
     account_features: &[ns::DISCO_INFO],
     iq: &[
-        IqHandler {
-            ns: ns::DISCO_INFO,
-            on_host: true,
-            on_account: true,
-            handle: info,
-        },
-        IqHandler {
-            ns: ns::DISCO_ITEMS,
-            on_host: true,
-            on_account: true,
-            handle: items,
-        },
+        IqHandler { ns: ns::DISCO_INFO, on_host: true, on_account: true, handle: info },
+        IqHandler { ns: ns::DISCO_ITEMS, on_host: true, on_account: true, handle: items },
     ],
 };
 
@@ -54,13 +40,10 @@ fn info<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
             return Err(Condition::ItemNotFound.into());
         }
         let identity = match req.target {
-            IqTarget::Host(_) => Element::new("identity", ns::DISCO_INFO)
-                .attr("category", "server")
-                .attr("type", "im")
-                .attr("name", "Starling"),
-            IqTarget::Account(_) => Element::new("identity", ns::DISCO_INFO)
-                .attr("category", "account")
-                .attr("type", "registered"),
+            IqTarget::Host(_) => {
+                Element::new("identity", ns::DISCO_INFO).attr("category", "server").attr("type", "im").attr("name", "Starling")
+            }
+            IqTarget::Account(_) => Element::new("identity", ns::DISCO_INFO).attr("category", "account").attr("type", "registered"),
         };
         let mut q = Element::new("query", ns::DISCO_INFO).child(identity);
         for f in features(req.target) {

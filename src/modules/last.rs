@@ -9,19 +9,10 @@ use crate::xml::{ns, Element};
 
 pub const MODULE: Module = Module {
     name: "last",
-    specs: &[Spec {
-        id: "XEP-0012",
-        title: "Last Activity",
-        note: "server uptime and offline accounts",
-    }],
+    specs: &[Spec { id: "XEP-0012", title: "Last Activity", note: "server uptime and offline accounts" }],
     host_features: &[ns::LAST],
     account_features: &[ns::LAST],
-    iq: &[IqHandler {
-        ns: ns::LAST,
-        on_host: true,
-        on_account: true,
-        handle,
-    }],
+    iq: &[IqHandler { ns: ns::LAST, on_host: true, on_account: true, handle }],
 };
 
 fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
@@ -32,17 +23,12 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
         let owner = match req.target {
             IqTarget::Host(_) => {
                 let up = server.started.elapsed().as_secs();
-                return Ok(Some(
-                    Element::new("query", ns::LAST).attr("seconds", up.to_string()),
-                ));
+                return Ok(Some(Element::new("query", ns::LAST).attr("seconds", up.to_string())));
             }
             IqTarget::Account(owner) => owner,
         };
         if req.own_account().is_none() {
-            let item = server
-                .storage
-                .roster_item(owner.as_str(), req.from.to_bare().as_str())
-                .await?;
+            let item = server.storage.roster_item(owner.as_str(), req.from.to_bare().as_str()).await?;
             if !item.is_some_and(|i| i.subscription.from()) {
                 return Err(Condition::Forbidden.into());
             }
@@ -52,8 +38,7 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
         }
         match server.storage.last_activity(owner.as_str()).await? {
             Some((seen, status)) => {
-                let mut q = Element::new("query", ns::LAST)
-                    .attr("seconds", (now_secs() - seen).max(0).to_string());
+                let mut q = Element::new("query", ns::LAST).attr("seconds", (now_secs() - seen).max(0).to_string());
                 if !status.is_empty() {
                     q = q.text(status);
                 }

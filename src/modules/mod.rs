@@ -55,17 +55,14 @@ impl IqRequest<'_> {
     /// The account, when the request comes from that account itself.
     pub fn own_account(&self) -> Option<&BareJid> {
         match self.target {
-            IqTarget::Account(b) if self.from.node().is_some() && self.from.to_bare() == *b => {
-                Some(b)
-            }
+            IqTarget::Account(b) if self.from.node().is_some() && self.from.to_bare() == *b => Some(b),
             _ => None,
         }
     }
 
     /// The requesting account, when the request must come from the account itself.
     pub fn require_own(&self) -> Result<&BareJid, StanzaError> {
-        self.own_account()
-            .ok_or_else(|| Condition::Forbidden.into())
+        self.own_account().ok_or_else(|| Condition::Forbidden.into())
     }
 }
 
@@ -97,7 +94,11 @@ pub struct Module {
 pub const CORE: Module = Module {
     name: "core",
     specs: &[
-        Spec { id: "RFC 6120", title: "XMPP Core", note: "STARTTLS (required by default), SASL, binding, stream and stanza errors, restricted XML" },
+        Spec {
+            id: "RFC 6120",
+            title: "XMPP Core",
+            note: "STARTTLS (required by default), SASL, binding, stream and stanza errors, restricted XML",
+        },
         Spec { id: "RFC 6121", title: "XMPP IM", note: "rosters, subscriptions, presence, delivery rules of section 8" },
         Spec { id: "RFC 7590", title: "TLS in XMPP", note: "TLS 1.2 and 1.3 only (rustls)" },
         Spec { id: "RFC 7622", title: "JID format", note: "normalised when parsed" },
@@ -111,8 +112,19 @@ pub const CORE: Module = Module {
     ],
     host_features: &[],
     account_features: &[],
-    iq: &[],
+    // RFC 3921 session establishment, still sent after binding by old clients; advertised as
+    // <optional/> and a no-op.
+    iq: &[IqHandler { ns: crate::xml::ns::SESSION, on_host: true, on_account: true, handle: session_noop }],
 };
+
+fn session_noop<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
+    Box::pin(async move {
+        if !req.is_set() || req.payload.name != "session" {
+            return Err(Condition::BadRequest.into());
+        }
+        Ok(None)
+    })
+}
 
 /// The feature index: every module the server runs, in order.
 pub const MODULES: &[&Module] = &[
@@ -142,20 +154,11 @@ pub async fn handle_iq(server: &Server, stanza: Stanza, target: IqTarget) {
     let Some(from) = stanza.from.clone() else {
         return;
     };
-    let reply = match stanza
-        .payload()
-        .and_then(|p| iq_handler(server, &p.ns).map(|h| (p, h)))
-    {
+    let reply = match stanza.payload().and_then(|p| iq_handler(server, &p.ns).map(|h| (p, h))) {
         Some((payload, h))
-            if (matches!(target, IqTarget::Host(_)) && h.on_host)
-                || (matches!(target, IqTarget::Account(_)) && h.on_account) =>
+            if (matches!(target, IqTarget::Host(_)) && h.on_host) || (matches!(target, IqTarget::Account(_)) && h.on_account) =>
         {
-            let req = IqRequest {
-                stanza: &stanza,
-                from: &from,
-                target: &target,
-                payload,
-            };
+            let req = IqRequest { stanza: &stanza, from: &from, target: &target, payload };
             match (h.handle)(server, req).await {
                 Ok(payload) => Some(stanza.iq_result(payload)),
                 Err(e) => stanza.error_reply(&e),
@@ -182,11 +185,27 @@ pub fn spec_table() -> String {
     let mut s = String::from("| Specification | Title | Notes |\n|---|---|---|\n");
     for m in MODULES {
         for spec in m.specs {
-            s.push_str(&format!(
-                "| {} | {} | {} |\n",
-                spec.id, spec.title, spec.note
-            ));
+            s.push_str(&format!("| {} | {} | {} |\n", spec.id, spec.title, spec.note));
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readme_table_matches_the_modules() {
+        let readme = include_str!("../../README.md");
+        assert!(readme.contains(&super::spec_table()), "README's specification table is stale: paste `starling features`");
+    }
+
+    #[test]
+    fn every_iq_namespace_has_one_handler() {
+        let mut seen = std::collections::HashSet::new();
+        for m in super::MODULES {
+            for h in m.iq {
+                assert!(seen.insert(h.ns), "{} handled twice", h.ns);
+            }
+        }
+    }
 }

@@ -6,19 +6,10 @@ use crate::xml::ns;
 
 pub const MODULE: Module = Module {
     name: "ping",
-    specs: &[Spec {
-        id: "XEP-0199",
-        title: "XMPP Ping",
-        note: "",
-    }],
+    specs: &[Spec { id: "XEP-0199", title: "XMPP Ping", note: "" }],
     host_features: &[ns::PING],
     account_features: &[],
-    iq: &[IqHandler {
-        ns: ns::PING,
-        on_host: true,
-        on_account: true,
-        handle,
-    }],
+    iq: &[IqHandler { ns: ns::PING, on_host: true, on_account: true, handle }],
 };
 
 fn handle<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {

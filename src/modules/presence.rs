@@ -15,13 +15,7 @@ use crate::stanza::{self, Stanza};
 use crate::storage::now_secs;
 use crate::xml::{ns, Element};
 
-pub const MODULE: Module = Module {
-    name: "presence",
-    specs: &[],
-    host_features: &[],
-    account_features: &[],
-    iq: &[],
-};
+pub const MODULE: Module = Module { name: "presence", specs: &[], host_features: &[], account_features: &[], iq: &[] };
 
 /// Presence state of one client session.
 #[derive(Debug, Default)]
@@ -32,18 +26,12 @@ pub struct SessionPresence {
 }
 
 fn priority_of(el: &Element) -> i8 {
-    el.find("priority", ns::CLIENT)
-        .and_then(|p| p.text_content().trim().parse::<i8>().ok())
-        .unwrap_or(0)
+    el.find("priority", ns::CLIENT).and_then(|p| p.text_content().trim().parse::<i8>().ok()).unwrap_or(0)
 }
 
 async fn subscribers(server: &Server, owner: &BareJid) -> Vec<Jid> {
     match server.storage.roster(owner.as_str()).await {
-        Ok(items) => items
-            .into_iter()
-            .filter(|i| i.subscription.from())
-            .filter_map(|i| crate::jid::parse(&i.contact))
-            .collect(),
+        Ok(items) => items.into_iter().filter(|i| i.subscription.from()).filter_map(|i| crate::jid::parse(&i.contact)).collect(),
         Err(e) => {
             tracing::error!(error = %e, "loading roster for presence broadcast");
             Vec::new()
@@ -67,13 +55,7 @@ fn to_sessions(server: &Server, sessions: &[SessionEntry], el: &Element) {
 
 impl SessionPresence {
     /// Presence with no `to` from the client (RFC 6121 sections 4.2 - 4.5).
-    pub async fn broadcast(
-        &mut self,
-        server: &Server,
-        me: &FullJid,
-        session_id: u64,
-        mut el: Element,
-    ) {
+    pub async fn broadcast(&mut self, server: &Server, me: &FullJid, session_id: u64, mut el: Element) {
         let owner = me.to_bare();
         el.set_attr("from", me.to_string());
         el.remove_attr("to");
@@ -88,9 +70,7 @@ impl SessionPresence {
                     s.priority = priority;
                     s.presence = Some(shared);
                 });
-                let others = server
-                    .sessions
-                    .sessions(&owner, |s| s.available && &s.jid != me);
+                let others = server.sessions.sessions(&owner, |s| s.available && &s.jid != me);
                 to_sessions(server, &others, &el);
                 for contact in subscribers(server, &owner).await {
                     let mut e = el.clone();
@@ -110,13 +90,7 @@ impl SessionPresence {
 
     /// After initial presence: probe contacts, show the other resources, redeliver pending
     /// subscription requests (RFC 6121 sections 3.1.3 and 4.2.2).
-    async fn initial(
-        &mut self,
-        server: &Server,
-        me: &FullJid,
-        owner: &BareJid,
-        others: &[SessionEntry],
-    ) {
+    async fn initial(&mut self, server: &Server, me: &FullJid, owner: &BareJid, others: &[SessionEntry]) {
         let me_jid = Jid::from(me.clone());
         for s in others {
             if let Some(p) = &s.presence {
@@ -152,13 +126,7 @@ impl SessionPresence {
     }
 
     /// The session becomes unavailable, by presence or because its stream ended.
-    pub async fn unavailable(
-        &mut self,
-        server: &Server,
-        me: &FullJid,
-        session_id: u64,
-        el: Option<Element>,
-    ) {
+    pub async fn unavailable(&mut self, server: &Server, me: &FullJid, session_id: u64, el: Option<Element>) {
         let owner = me.to_bare();
         let was_available = self.available;
         self.available = false;
@@ -166,28 +134,15 @@ impl SessionPresence {
             s.available = false;
             s.presence = None;
         });
-        let el = el.unwrap_or_else(|| {
-            Element::new("presence", ns::CLIENT)
-                .attr("type", "unavailable")
-                .attr("from", me.to_string())
-        });
+        let el = el.unwrap_or_else(|| Element::new("presence", ns::CLIENT).attr("type", "unavailable").attr("from", me.to_string()));
         let mut targets: Vec<Jid> = std::mem::take(&mut self.directed).into_iter().collect();
         if was_available {
-            let others = server
-                .sessions
-                .sessions(&owner, |s| s.available && &s.jid != me);
+            let others = server.sessions.sessions(&owner, |s| s.available && &s.jid != me);
             to_sessions(server, &others, &el);
             targets.extend(subscribers(server, &owner).await);
             if others.is_empty() {
-                let status = el
-                    .find("status", ns::CLIENT)
-                    .map(|s| s.text_content())
-                    .unwrap_or_default();
-                if let Err(e) = server
-                    .storage
-                    .set_last_activity(owner.as_str(), now_secs(), &status)
-                    .await
-                {
+                let status = el.find("status", ns::CLIENT).map(|s| s.text_content()).unwrap_or_default();
+                if let Err(e) = server.storage.set_last_activity(owner.as_str(), now_secs(), &status).await {
                     tracing::error!(error = %e, "storing last activity");
                 }
             }
@@ -206,12 +161,7 @@ impl SessionPresence {
         let Some(to) = st.to.clone() else { return };
         match st.typ() {
             None => {
-                let item = server
-                    .storage
-                    .roster_item(me.to_bare().as_str(), to.to_bare().as_str())
-                    .await
-                    .ok()
-                    .flatten();
+                let item = server.storage.roster_item(me.to_bare().as_str(), to.to_bare().as_str()).await.ok().flatten();
                 if !item.is_some_and(|i| i.subscription.from()) {
                     self.directed.insert(to);
                 }
@@ -253,11 +203,7 @@ pub async fn inbound(server: &Server, st: Stanza, owner: BareJid, was_full: bool
 async fn answer_probe(server: &Server, st: Stanza, owner: BareJid) {
     let Some(from) = st.from.clone() else { return };
     let owner_jid = Jid::from(owner.clone());
-    let item = match server
-        .storage
-        .roster_item(owner.as_str(), from.to_bare().as_str())
-        .await
-    {
+    let item = match server.storage.roster_item(owner.as_str(), from.to_bare().as_str()).await {
         Ok(i) => i,
         Err(e) => {
             tracing::error!(error = %e, "probe");
@@ -265,11 +211,7 @@ async fn answer_probe(server: &Server, st: Stanza, owner: BareJid) {
         }
     };
     if !item.is_some_and(|i| i.subscription.from()) {
-        send(
-            server,
-            stanza::presence(&owner_jid, &from, Some("unsubscribed")),
-        )
-        .await;
+        send(server, stanza::presence(&owner_jid, &from, Some("unsubscribed"))).await;
         return;
     }
     let current = roster::send_current_presence(server, &owner, &from);
@@ -278,9 +220,7 @@ async fn answer_probe(server: &Server, st: Stanza, owner: BareJid) {
         if let Ok(Some((seen, _))) = server.storage.last_activity(owner.as_str()).await {
             if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(seen) {
                 p = p.child(
-                    Element::new("delay", ns::DELAY)
-                        .attr("from", owner.domain().as_str())
-                        .attr("stamp", super::time::xmpp_datetime(t)),
+                    Element::new("delay", ns::DELAY).attr("from", owner.domain().as_str()).attr("stamp", super::time::xmpp_datetime(t)),
                 );
             }
         }

@@ -7,19 +7,10 @@ use crate::xml::{ns, Element};
 
 pub const MODULE: Module = Module {
     name: "private",
-    specs: &[Spec {
-        id: "XEP-0049",
-        title: "Private XML Storage",
-        note: "",
-    }],
+    specs: &[Spec { id: "XEP-0049", title: "Private XML Storage", note: "" }],
     host_features: &[],
     account_features: &[],
-    iq: &[IqHandler {
-        ns: ns::PRIVATE,
-        on_host: false,
-        on_account: true,
-        handle,
-    }],
+    iq: &[IqHandler { ns: ns::PRIVATE, on_host: false, on_account: true, handle }],
 };
 
 fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
@@ -30,32 +21,18 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
         let [child] = children.as_slice() else {
             return Err(Condition::NotAcceptable.into());
         };
-        if child.ns.is_empty()
-            || matches!(
-                child.ns.as_str(),
-                "jabber:client" | "jabber:server" | "jabber:x:data" | ns::PRIVATE
-            )
-        {
+        if child.ns.is_empty() || matches!(child.ns.as_str(), "jabber:client" | "jabber:server" | "jabber:x:data" | ns::PRIVATE) {
             return Err(Condition::NotAcceptable.into());
         }
         if req.is_set() {
             let xml = child.to_xml();
             if xml.len() > server.config.limits.max_private_bytes {
-                return Err(
-                    StanzaError::new(Condition::NotAcceptable).with_text("document too large")
-                );
+                return Err(StanzaError::new(Condition::NotAcceptable).with_text("document too large"));
             }
-            server
-                .storage
-                .set_private_xml(owner.as_str(), &child.ns, &xml)
-                .await?;
+            server.storage.set_private_xml(owner.as_str(), &child.ns, &xml).await?;
             return Ok(None);
         }
-        let stored = match server
-            .storage
-            .private_xml(owner.as_str(), &child.ns)
-            .await?
-        {
+        let stored = match server.storage.private_xml(owner.as_str(), &child.ns).await? {
             Some(xml) => parse_stored(&xml).await,
             None => None,
         };

@@ -17,31 +17,16 @@ use crate::xml::{ns, Element};
 pub const MODULE: Module = Module {
     name: "roster",
     specs: &[
-        Spec {
-            id: "XEP-0237",
-            title: "Roster Versioning",
-            note: "",
-        },
-        Spec {
-            id: "RFC 6121 s3.4",
-            title: "Subscription pre-approval",
-            note: "",
-        },
+        Spec { id: "XEP-0237", title: "Roster Versioning", note: "" },
+        Spec { id: "RFC 6121 s3.4", title: "Subscription pre-approval", note: "" },
     ],
     host_features: &[],
     account_features: &[],
-    iq: &[IqHandler {
-        ns: ns::ROSTER,
-        on_host: false,
-        on_account: true,
-        handle,
-    }],
+    iq: &[IqHandler { ns: ns::ROSTER, on_host: false, on_account: true, handle }],
 };
 
 pub fn item_element(item: &RosterItem) -> Element {
-    let mut e = Element::new("item", ns::ROSTER)
-        .attr("jid", item.contact.clone())
-        .attr("subscription", item.subscription.as_str());
+    let mut e = Element::new("item", ns::ROSTER).attr("jid", item.contact.clone()).attr("subscription", item.subscription.as_str());
     if let Some(n) = &item.name {
         e.set_attr("name", n.clone());
     }
@@ -64,20 +49,12 @@ pub fn push(server: &Server, owner: &BareJid, item: Element, version: i64) {
             .attr("type", "set")
             .attr("id", format!("push-{}", server.sessions.next_id()))
             .attr("to", s.jid.to_string())
-            .child(
-                Element::new("query", ns::ROSTER)
-                    .attr("ver", version.to_string())
-                    .child(item.clone()),
-            );
+            .child(Element::new("query", ns::ROSTER).attr("ver", version.to_string()).child(item.clone()));
         server.sessions.send(&s, Deliver::Stanza(Outgoing::new(iq)));
     }
 }
 
-async fn save_and_push(
-    server: &Server,
-    owner: &BareJid,
-    item: &RosterItem,
-) -> Result<(), StanzaError> {
+async fn save_and_push(server: &Server, owner: &BareJid, item: &RosterItem) -> Result<(), StanzaError> {
     let v = server.storage.put_roster_item(owner.as_str(), item).await?;
     push(server, owner, item_element(item), v);
     Ok(())
@@ -95,9 +72,7 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
         }
         if let Ok(full) = req.from.clone().try_into_full() {
             if let Some(s) = server.sessions.get(&full) {
-                server
-                    .sessions
-                    .update(&full, s.id, |e| e.roster_requested = true);
+                server.sessions.update(&full, s.id, |e| e.roster_requested = true);
             }
         }
         let version = server.storage.roster_version(owner.as_str()).await?;
@@ -115,22 +90,14 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
 
 /// Roster set (RFC 6121 section 2.3 and 2.5).
 async fn set(server: &Server, owner: &BareJid, query: &Element) -> Result<(), StanzaError> {
-    let items: Vec<&Element> = query
-        .elements()
-        .filter(|e| e.is("item", ns::ROSTER))
-        .collect();
+    let items: Vec<&Element> = query.elements().filter(|e| e.is("item", ns::ROSTER)).collect();
     let [el] = items.as_slice() else {
         return Err(Condition::BadRequest.into());
     };
     let contact = el.get_attr("jid").ok_or(Condition::BadRequest)?;
-    let contact = jid::parse(contact)
-        .ok_or(Condition::JidMalformed)?
-        .to_bare();
+    let contact = jid::parse(contact).ok_or(Condition::JidMalformed)?.to_bare();
     let contact_s = contact.to_string();
-    let existing = server
-        .storage
-        .roster_item(owner.as_str(), &contact_s)
-        .await?;
+    let existing = server.storage.roster_item(owner.as_str(), &contact_s).await?;
     if el.get_attr("subscription") == Some("remove") {
         let Some(item) = existing else {
             return Err(Condition::ItemNotFound.into());
@@ -145,22 +112,15 @@ async fn set(server: &Server, owner: &BareJid, query: &Element) -> Result<(), St
     for g in el.elements().filter(|e| e.is("group", ns::ROSTER)) {
         let name = g.text_content();
         if name.is_empty() || groups.contains(&name) {
-            return Err(
-                StanzaError::new(Condition::BadRequest).with_text("empty or duplicate group")
-            );
+            return Err(StanzaError::new(Condition::BadRequest).with_text("empty or duplicate group"));
         }
         groups.push(name);
     }
-    if existing.is_none()
-        && server.storage.roster_len(owner.as_str()).await? >= server.config.limits.max_roster_items
-    {
+    if existing.is_none() && server.storage.roster_len(owner.as_str()).await? >= server.config.limits.max_roster_items {
         return Err(StanzaError::new(Condition::NotAllowed).with_text("roster is full"));
     }
     let mut item = existing.unwrap_or_else(|| RosterItem::new(contact_s));
-    item.name = el
-        .get_attr("name")
-        .filter(|n| !n.is_empty())
-        .map(String::from);
+    item.name = el.get_attr("name").filter(|n| !n.is_empty()).map(String::from);
     item.groups = groups;
     save_and_push(server, owner, &item).await
 }
@@ -169,35 +129,14 @@ async fn set(server: &Server, owner: &BareJid, query: &Element) -> Result<(), St
 async fn remove(server: &Server, owner: &BareJid, item: &RosterItem) -> Result<(), StanzaError> {
     let contact = jid::parse(&item.contact).ok_or(Condition::JidMalformed)?;
     let from = Jid::from(owner.clone());
-    let pending_in = server
-        .storage
-        .take_subscription_request(owner.as_str(), &item.contact)
-        .await?;
-    let v = server
-        .storage
-        .delete_roster_item(owner.as_str(), &item.contact)
-        .await?;
-    push(
-        server,
-        owner,
-        Element::new("item", ns::ROSTER)
-            .attr("jid", item.contact.clone())
-            .attr("subscription", "remove"),
-        v,
-    );
+    let pending_in = server.storage.take_subscription_request(owner.as_str(), &item.contact).await?;
+    let v = server.storage.delete_roster_item(owner.as_str(), &item.contact).await?;
+    push(server, owner, Element::new("item", ns::ROSTER).attr("jid", item.contact.clone()).attr("subscription", "remove"), v);
     if item.subscription.to() || item.ask {
-        send(
-            server,
-            stanza::presence(&from, &contact, Some("unsubscribe")),
-        )
-        .await;
+        send(server, stanza::presence(&from, &contact, Some("unsubscribe"))).await;
     }
     if item.subscription.from() || pending_in {
-        send(
-            server,
-            stanza::presence(&from, &contact, Some("unsubscribed")),
-        )
-        .await;
+        send(server, stanza::presence(&from, &contact, Some("unsubscribed"))).await;
     }
     Ok(())
 }
@@ -236,13 +175,8 @@ pub async fn outbound(server: &Server, from: &FullJid, mut st: Stanza) -> Result
     }
     let contact_s = contact.to_string();
     let typ = st.typ().unwrap_or("").to_string();
-    let existing = server
-        .storage
-        .roster_item(owner.as_str(), &contact_s)
-        .await?;
-    let mut item = existing
-        .clone()
-        .unwrap_or_else(|| RosterItem::new(contact_s.clone()));
+    let existing = server.storage.roster_item(owner.as_str(), &contact_s).await?;
+    let mut item = existing.clone().unwrap_or_else(|| RosterItem::new(contact_s.clone()));
     let mut route_it = true;
     let mut send_presence = false;
     let mut send_unavailable = false;
@@ -257,10 +191,7 @@ pub async fn outbound(server: &Server, from: &FullJid, mut st: Stanza) -> Result
             item.ask = false;
         }
         "subscribed" => {
-            let pending = server
-                .storage
-                .take_subscription_request(owner.as_str(), &contact_s)
-                .await?;
+            let pending = server.storage.take_subscription_request(owner.as_str(), &contact_s).await?;
             if item.subscription.from() {
                 route_it = false;
             } else if pending {
@@ -274,10 +205,7 @@ pub async fn outbound(server: &Server, from: &FullJid, mut st: Stanza) -> Result
             }
         }
         "unsubscribed" => {
-            let pending = server
-                .storage
-                .take_subscription_request(owner.as_str(), &contact_s)
-                .await?;
+            let pending = server.storage.take_subscription_request(owner.as_str(), &contact_s).await?;
             if item.subscription.from() {
                 send_unavailable = true;
             } else if !pending && !item.approved {
@@ -288,9 +216,7 @@ pub async fn outbound(server: &Server, from: &FullJid, mut st: Stanza) -> Result
         }
         _ => return Err(Condition::BadRequest.into()),
     }
-    if existing.as_ref() != Some(&item)
-        && (existing.is_some() || typ == "subscribe" || typ == "subscribed")
-    {
+    if existing.as_ref() != Some(&item) && (existing.is_some() || typ == "subscribe" || typ == "subscribed") {
         save_and_push(server, &owner, &item).await?;
     }
     if route_it {
@@ -308,11 +234,7 @@ pub async fn outbound(server: &Server, from: &FullJid, mut st: Stanza) -> Result
     }
     if send_unavailable {
         for s in server.sessions.sessions(&owner, |s| s.available) {
-            send(
-                server,
-                stanza::presence(&Jid::from(s.jid.clone()), &contact_jid, Some("unavailable")),
-            )
-            .await;
+            send(server, stanza::presence(&Jid::from(s.jid.clone()), &contact_jid, Some("unavailable"))).await;
         }
     }
     Ok(())
@@ -339,57 +261,34 @@ pub async fn inbound(server: &Server, mut st: Stanza, owner: BareJid) -> Result<
     st.set_from(contact_jid.clone());
     st.set_to(owner_jid.clone());
     let typ = st.typ().unwrap_or("").to_string();
-    let existing = server
-        .storage
-        .roster_item(owner.as_str(), &contact_s)
-        .await?;
+    let existing = server.storage.roster_item(owner.as_str(), &contact_s).await?;
     if existing.is_none()
         && !server.sessions.is_online(&owner)
-        && !server
-            .storage
-            .user_exists(owner.domain().as_str(), jid::node_str(&owner_jid))
-            .await?
+        && !server.storage.user_exists(owner.domain().as_str(), jid::node_str(&owner_jid)).await?
     {
         if typ == "subscribe" {
-            send(
-                server,
-                stanza::presence(&owner_jid, &contact_jid, Some("unsubscribed")),
-            )
-            .await;
+            send(server, stanza::presence(&owner_jid, &contact_jid, Some("unsubscribed"))).await;
         }
         return Ok(());
     }
-    let mut item = existing
-        .clone()
-        .unwrap_or_else(|| RosterItem::new(contact_s.clone()));
+    let mut item = existing.clone().unwrap_or_else(|| RosterItem::new(contact_s.clone()));
     match typ.as_str() {
         "subscribe" => {
             if item.subscription.from() {
-                send(
-                    server,
-                    stanza::presence(&owner_jid, &contact_jid, Some("subscribed")),
-                )
-                .await;
+                send(server, stanza::presence(&owner_jid, &contact_jid, Some("subscribed"))).await;
                 return Ok(());
             }
             if item.approved {
                 item.approved = false;
                 item.subscription = Subscription::with(item.subscription.to(), true);
                 save_and_push(server, &owner, &item).await?;
-                send(
-                    server,
-                    stanza::presence(&owner_jid, &contact_jid, Some("subscribed")),
-                )
-                .await;
+                send(server, stanza::presence(&owner_jid, &contact_jid, Some("subscribed"))).await;
                 for p in send_current_presence(server, &owner, &contact_jid) {
                     send(server, p).await;
                 }
                 return Ok(());
             }
-            server
-                .storage
-                .put_subscription_request(owner.as_str(), &contact_s, &st.el.to_xml())
-                .await?;
+            server.storage.put_subscription_request(owner.as_str(), &contact_s, &st.el.to_xml()).await?;
             deliver_to_available(server, &owner, st.el);
         }
         "subscribed" => {
@@ -402,10 +301,7 @@ pub async fn inbound(server: &Server, mut st: Stanza, owner: BareJid) -> Result<
             deliver_to_available(server, &owner, st.el);
         }
         "unsubscribe" => {
-            let pending = server
-                .storage
-                .take_subscription_request(owner.as_str(), &contact_s)
-                .await?;
+            let pending = server.storage.take_subscription_request(owner.as_str(), &contact_s).await?;
             if existing.is_some() && (item.subscription.from() || item.approved) {
                 item.subscription = Subscription::with(item.subscription.to(), false);
                 item.approved = false;
@@ -413,15 +309,7 @@ pub async fn inbound(server: &Server, mut st: Stanza, owner: BareJid) -> Result<
                 deliver_to_available(server, &owner, st.el);
                 // The contact no longer sees the user's presence.
                 for s in server.sessions.sessions(&owner, |s| s.available) {
-                    send(
-                        server,
-                        stanza::presence(
-                            &Jid::from(s.jid.clone()),
-                            &contact_jid,
-                            Some("unavailable"),
-                        ),
-                    )
-                    .await;
+                    send(server, stanza::presence(&Jid::from(s.jid.clone()), &contact_jid, Some("unavailable"))).await;
                 }
             } else if pending {
                 deliver_to_available(server, &owner, st.el);
@@ -437,8 +325,7 @@ pub async fn inbound(server: &Server, mut st: Stanza, owner: BareJid) -> Result<
             deliver_to_available(server, &owner, st.el.clone());
             // RFC 6121 section 3.2.3: the user stops seeing the contact's presence.
             for s in server.sessions.sessions(&owner, |s| s.available) {
-                let mut p =
-                    stanza::presence(&contact_jid, &Jid::from(s.jid.clone()), Some("unavailable"));
+                let mut p = stanza::presence(&contact_jid, &Jid::from(s.jid.clone()), Some("unavailable"));
                 p.remove_attr("id");
                 server.sessions.send(&s, Deliver::Stanza(Outgoing::new(p)));
             }

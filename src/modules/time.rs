@@ -7,19 +7,10 @@ use crate::xml::{ns, Element};
 
 pub const MODULE: Module = Module {
     name: "time",
-    specs: &[Spec {
-        id: "XEP-0202",
-        title: "Entity Time",
-        note: "",
-    }],
+    specs: &[Spec { id: "XEP-0202", title: "Entity Time", note: "" }],
     host_features: &[ns::TIME],
     account_features: &[],
-    iq: &[IqHandler {
-        ns: ns::TIME,
-        on_host: true,
-        on_account: false,
-        handle,
-    }],
+    iq: &[IqHandler { ns: ns::TIME, on_host: true, on_account: false, handle }],
 };
 
 /// XEP-0082 date-time in UTC with milliseconds.
@@ -45,10 +36,7 @@ fn handle<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
         Ok(Some(
             Element::new("time", ns::TIME)
                 .child(Element::new("tzo", ns::TIME).text("+00:00"))
-                .child(
-                    Element::new("utc", ns::TIME)
-                        .text(xmpp_datetime(time::OffsetDateTime::now_utc())),
-                ),
+                .child(Element::new("utc", ns::TIME).text(xmpp_datetime(time::OffsetDateTime::now_utc()))),
         ))
     })
 }

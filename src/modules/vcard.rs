@@ -8,31 +8,16 @@ use crate::xml::{ns, Element, XmlEvent, XmlReader};
 
 pub const MODULE: Module = Module {
     name: "vcard",
-    specs: &[Spec {
-        id: "XEP-0054",
-        title: "vcard-temp",
-        note: "",
-    }],
+    specs: &[Spec { id: "XEP-0054", title: "vcard-temp", note: "" }],
     host_features: &[ns::VCARD],
     account_features: &[],
-    iq: &[IqHandler {
-        ns: ns::VCARD,
-        on_host: false,
-        on_account: true,
-        handle,
-    }],
+    iq: &[IqHandler { ns: ns::VCARD, on_host: false, on_account: true, handle }],
 };
 
 /// Parse a document this server stored itself.
 pub async fn parse_stored(xml: &str) -> Option<Element> {
     let doc = format!("<s xmlns='jabber:client'>{xml}</s>");
-    let mut r = XmlReader::new(
-        doc.as_bytes(),
-        crate::xml::Limits {
-            max_element_bytes: doc.len() + 1,
-            max_depth: 256,
-        },
-    );
+    let mut r = XmlReader::new(doc.as_bytes(), crate::xml::Limits { max_element_bytes: doc.len() + 1, max_depth: 256 });
     match r.next().await {
         Ok(XmlEvent::StreamOpen(_)) => {}
         _ => return None,
@@ -65,8 +50,6 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
             Some(xml) => parse_stored(&xml).await,
             None => None,
         };
-        Ok(Some(
-            card.unwrap_or_else(|| Element::new("vCard", ns::VCARD)),
-        ))
+        Ok(Some(card.unwrap_or_else(|| Element::new("vCard", ns::VCARD))))
     })
 }

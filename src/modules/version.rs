@@ -7,19 +7,10 @@ use crate::xml::{ns, Element};
 
 pub const MODULE: Module = Module {
     name: "version",
-    specs: &[Spec {
-        id: "XEP-0092",
-        title: "Software Version",
-        note: "",
-    }],
+    specs: &[Spec { id: "XEP-0092", title: "Software Version", note: "" }],
     host_features: &[ns::VERSION],
     account_features: &[],
-    iq: &[IqHandler {
-        ns: ns::VERSION,
-        on_host: true,
-        on_account: false,
-        handle,
-    }],
+    iq: &[IqHandler { ns: ns::VERSION, on_host: true, on_account: false, handle }],
 };
 
 fn handle<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {

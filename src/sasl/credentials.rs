@@ -25,8 +25,7 @@ impl Hash {
                 m.finalize().into_bytes().to_vec()
             }
             Hash::Sha256 => {
-                let mut m =
-                    Hmac::<Sha256>::new_from_slice(key).expect("hmac accepts any key length");
+                let mut m = Hmac::<Sha256>::new_from_slice(key).expect("hmac accepts any key length");
                 m.update(data);
                 m.finalize().into_bytes().to_vec()
             }
@@ -66,10 +65,7 @@ impl ScramKeys {
     pub fn derive(hash: Hash, password: &str, salt: &[u8], iterations: u32) -> ScramKeys {
         let salted = hash.salted_password(password.as_bytes(), salt, iterations);
         let client_key = hash.hmac(&salted, b"Client Key");
-        ScramKeys {
-            stored_key: hash.digest(&client_key),
-            server_key: hash.hmac(&salted, b"Server Key"),
-        }
+        ScramKeys { stored_key: hash.digest(&client_key), server_key: hash.hmac(&salted, b"Server Key") }
     }
 }
 
@@ -87,10 +83,7 @@ impl Credentials {
         let mut salt = vec![0u8; 16];
         rand::thread_rng().fill_bytes(&mut salt);
         let argon_salt = SaltString::generate(&mut rand::thread_rng());
-        let argon2 = Argon2::default()
-            .hash_password(password.as_bytes(), &argon_salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default();
+        let argon2 = Argon2::default().hash_password(password.as_bytes(), &argon_salt).map(|h| h.to_string()).unwrap_or_default();
         Credentials {
             sha1: ScramKeys::derive(Hash::Sha1, password, &salt, iterations),
             sha256: ScramKeys::derive(Hash::Sha256, password, &salt, iterations),
@@ -109,9 +102,7 @@ impl Credentials {
 
     pub fn verify_password(&self, password: &str) -> bool {
         match PasswordHash::new(&self.argon2) {
-            Ok(h) => Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok(),
+            Ok(h) => Argon2::default().verify_password(password.as_bytes(), &h).is_ok(),
             Err(_) => false,
         }
     }

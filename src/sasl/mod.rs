@@ -57,13 +57,8 @@ pub enum Mechanism {
 
 impl Mechanism {
     /// Strongest first: the order they are advertised in.
-    pub const ALL: [Mechanism; 5] = [
-        Mechanism::ScramSha256Plus,
-        Mechanism::ScramSha1Plus,
-        Mechanism::ScramSha256,
-        Mechanism::ScramSha1,
-        Mechanism::Plain,
-    ];
+    pub const ALL: [Mechanism; 5] =
+        [Mechanism::ScramSha256Plus, Mechanism::ScramSha1Plus, Mechanism::ScramSha256, Mechanism::ScramSha1, Mechanism::Plain];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -103,11 +98,7 @@ pub fn parse_plain(data: &[u8]) -> Result<(Option<String>, String, String), Fail
     if user.is_empty() || pass.is_empty() {
         return Err(Failure::MalformedRequest);
     }
-    Ok((
-        (!authz.is_empty()).then(|| authz.to_string()),
-        user.to_string(),
-        pass.to_string(),
-    ))
+    Ok(((!authz.is_empty()).then(|| authz.to_string()), user.to_string(), pass.to_string()))
 }
 
 /// Slows down repeated failures: after `free` failures for the same account or the same
@@ -129,11 +120,7 @@ const FORGET_AFTER: Duration = Duration::from_secs(900);
 
 impl AuthThrottle {
     pub fn new(free: u32, max: Duration) -> Self {
-        AuthThrottle {
-            free,
-            max,
-            failures: Mutex::new(HashMap::new()),
-        }
+        AuthThrottle { free, max, failures: Mutex::new(HashMap::new()) }
     }
 
     /// Record a failure for these keys and return how long to wait before answering.
@@ -176,22 +163,10 @@ mod tests {
 
     #[test]
     fn plain_parsing() {
-        assert_eq!(
-            parse_plain(b"\0juliet\0pw").unwrap(),
-            (None, "juliet".into(), "pw".into())
-        );
-        assert_eq!(
-            parse_plain(b"a@b\0juliet\0pw").unwrap().0,
-            Some("a@b".into())
-        );
-        assert_eq!(
-            parse_plain(b"juliet\0pw").unwrap_err(),
-            Failure::MalformedRequest
-        );
-        assert_eq!(
-            parse_plain(b"\0\0pw").unwrap_err(),
-            Failure::MalformedRequest
-        );
+        assert_eq!(parse_plain(b"\0juliet\0pw").unwrap(), (None, "juliet".into(), "pw".into()));
+        assert_eq!(parse_plain(b"a@b\0juliet\0pw").unwrap().0, Some("a@b".into()));
+        assert_eq!(parse_plain(b"juliet\0pw").unwrap_err(), Failure::MalformedRequest);
+        assert_eq!(parse_plain(b"\0\0pw").unwrap_err(), Failure::MalformedRequest);
     }
 
     #[test]
@@ -203,28 +178,16 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(t.failure(&[acct.clone(), ip.clone()], now), Duration::ZERO);
         }
-        assert_eq!(
-            t.failure(&[acct.clone(), ip.clone()], now),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            t.failure(&[acct.clone(), ip.clone()], now),
-            Duration::from_secs(2)
-        );
+        assert_eq!(t.failure(&[acct.clone(), ip.clone()], now), Duration::from_secs(1));
+        assert_eq!(t.failure(&[acct.clone(), ip.clone()], now), Duration::from_secs(2));
         // Another account from the same address is slowed too.
-        assert_eq!(
-            t.failure(&[ThrottleKey::Account("b@x".into()), ip.clone()], now),
-            Duration::from_secs(4)
-        );
+        assert_eq!(t.failure(&[ThrottleKey::Account("b@x".into()), ip.clone()], now), Duration::from_secs(4));
         for _ in 0..10 {
-            t.failure(&[acct.clone()], now);
+            t.failure(std::slice::from_ref(&acct), now);
         }
-        assert_eq!(t.failure(&[acct.clone()], now), Duration::from_secs(30));
+        assert_eq!(t.failure(std::slice::from_ref(&acct), now), Duration::from_secs(30));
         // Forgotten after a quiet period.
-        assert_eq!(
-            t.failure(&[acct.clone()], now + FORGET_AFTER + Duration::from_secs(1)),
-            Duration::ZERO
-        );
+        assert_eq!(t.failure(std::slice::from_ref(&acct), now + FORGET_AFTER + Duration::from_secs(1)), Duration::ZERO);
         t.success(&acct);
     }
 }

@@ -80,12 +80,7 @@ fn decode_saslname(s: &str) -> Result<String, Failure> {
 
 /// Step 1: parse client-first. `plus` is whether the mechanism chosen is a -PLUS one;
 /// `offered_plus` whether the server advertised any -PLUS mechanism.
-pub fn client_first(
-    msg: &[u8],
-    plus: bool,
-    offered_plus: bool,
-    cb: &ChannelBindings,
-) -> Result<ScramFirst, Failure> {
+pub fn client_first(msg: &[u8], plus: bool, offered_plus: bool, cb: &ChannelBindings) -> Result<ScramFirst, Failure> {
     let msg = std::str::from_utf8(msg).map_err(|_| Failure::MalformedRequest)?;
     let mut parts = msg.splitn(3, ',');
     let flag = parts.next().ok_or(Failure::MalformedRequest)?;
@@ -100,13 +95,7 @@ pub fn client_first(
         (f, true) if f.starts_with("p=") => cb.get(&f[2..]).ok_or(Failure::NotAuthorized)?.to_vec(),
         _ => return Err(Failure::MalformedRequest),
     };
-    let authzid = if authz.is_empty() {
-        None
-    } else {
-        Some(decode_saslname(
-            authz.strip_prefix("a=").ok_or(Failure::MalformedRequest)?,
-        )?)
-    };
+    let authzid = if authz.is_empty() { None } else { Some(decode_saslname(authz.strip_prefix("a=").ok_or(Failure::MalformedRequest)?)?) };
     let mut username = None;
     let mut nonce = None;
     for attr in bare.split(',') {
@@ -118,55 +107,29 @@ pub fn client_first(
             return Err(Failure::MalformedRequest);
         }
     }
-    let username = username
-        .filter(|u| !u.is_empty())
-        .ok_or(Failure::MalformedRequest)?;
-    let client_nonce = nonce
-        .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
-        .ok_or(Failure::MalformedRequest)?;
-    Ok(ScramFirst {
-        username,
-        authzid,
-        gs2_header: format!("{flag},{authz},"),
-        client_first_bare: bare.to_string(),
-        client_nonce,
-        cb_data,
-    })
+    let username = username.filter(|u| !u.is_empty()).ok_or(Failure::MalformedRequest)?;
+    let client_nonce =
+        nonce.filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',')).ok_or(Failure::MalformedRequest)?;
+    Ok(ScramFirst { username, authzid, gs2_header: format!("{flag},{authz},"), client_first_bare: bare.to_string(), client_nonce, cb_data })
 }
 
 impl ScramFirst {
     /// Build server-first from the stored credentials. Unknown users get made-up credentials
     /// so the exchange looks the same and fails at the proof (no account enumeration).
     pub fn server_first(self, hash: Hash, creds: Option<&Credentials>) -> (ScramPending, Vec<u8>) {
-        let server_nonce: String = rand::thread_rng()
-            .sample_iter(&Alphanumeric)
-            .take(24)
-            .map(char::from)
-            .collect();
+        let server_nonce: String = rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
         let nonce = format!("{}{}", self.client_nonce, server_nonce);
         let (salt, iterations, keys) = match creds {
             Some(c) => (c.salt.clone(), c.iterations, c.keys(hash).clone()),
             None => {
                 let salt: Vec<u8> = hash.digest(self.username.as_bytes())[..16].to_vec();
-                let bogus = super::credentials::ScramKeys {
-                    stored_key: vec![0; 32],
-                    server_key: vec![0; 32],
-                };
+                let bogus = super::credentials::ScramKeys { stored_key: vec![0; 32], server_key: vec![0; 32] };
                 (salt, 4096, bogus)
             }
         };
         let server_first = format!("r={nonce},s={},i={iterations}", b64(&salt));
         let out = server_first.clone().into_bytes();
-        (
-            ScramPending {
-                first: self,
-                server_first,
-                nonce,
-                stored_key: keys.stored_key,
-                server_key: keys.server_key,
-            },
-            out,
-        )
+        (ScramPending { first: self, server_first, nonce, stored_key: keys.stored_key, server_key: keys.server_key }, out)
     }
 }
 
@@ -192,8 +155,7 @@ impl ScramPending {
                 nonce = Some(v);
             }
         }
-        let cbind =
-            unb64(cbind.ok_or(Failure::MalformedRequest)?).ok_or(Failure::IncorrectEncoding)?;
+        let cbind = unb64(cbind.ok_or(Failure::MalformedRequest)?).ok_or(Failure::IncorrectEncoding)?;
         let mut expected = self.first.gs2_header.clone().into_bytes();
         expected.extend_from_slice(&self.first.cb_data);
         if cbind != expected {
@@ -203,10 +165,7 @@ impl ScramPending {
             return Err(Failure::NotAuthorized);
         }
         let proof = unb64(proof).ok_or(Failure::IncorrectEncoding)?;
-        let auth_message = format!(
-            "{},{},{}",
-            self.first.client_first_bare, self.server_first, without_proof
-        );
+        let auth_message = format!("{},{},{}", self.first.client_first_bare, self.server_first, without_proof);
         let client_sig = hash.hmac(&self.stored_key, auth_message.as_bytes());
         if proof.len() != client_sig.len() {
             return Err(Failure::NotAuthorized);
@@ -214,10 +173,7 @@ impl ScramPending {
         let client_key: Vec<u8> = proof.iter().zip(&client_sig).map(|(a, b)| a ^ b).collect();
         let check = hash.digest(&client_key);
         // Constant-time comparison.
-        let diff = check
-            .iter()
-            .zip(&self.stored_key)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = check.iter().zip(&self.stored_key).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 || check.len() != self.stored_key.len() {
             return Err(Failure::NotAuthorized);
         }
@@ -241,25 +197,13 @@ pub mod client {
     }
 
     impl ScramClient {
-        pub fn new(
-            hash: Hash,
-            user: &str,
-            password: &str,
-            cb: Option<(&str, Vec<u8>)>,
-        ) -> (ScramClient, String) {
-            let nonce: String = rand::thread_rng()
-                .sample_iter(&Alphanumeric)
-                .take(24)
-                .map(char::from)
-                .collect();
+        pub fn new(hash: Hash, user: &str, password: &str, cb: Option<(&str, Vec<u8>)>) -> (ScramClient, String) {
+            let nonce: String = rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
             let (gs2_header, cb_data) = match cb {
                 Some((name, data)) => (format!("p={name},,"), data),
                 None => ("n,,".to_string(), Vec::new()),
             };
-            let bare = format!(
-                "n={},r={nonce}",
-                user.replace('=', "=3D").replace(',', "=2C")
-            );
+            let bare = format!("n={},r={nonce}", user.replace('=', "=3D").replace(',', "=2C"));
             let first = format!("{gs2_header}{bare}");
             (
                 ScramClient {
@@ -292,9 +236,7 @@ pub mod client {
             if !nonce.starts_with(&self.nonce) {
                 return None;
             }
-            let salted = self
-                .hash
-                .salted_password(self.password.as_bytes(), &salt?, iters?);
+            let salted = self.hash.salted_password(self.password.as_bytes(), &salt?, iters?);
             let client_key = self.hash.hmac(&salted, b"Client Key");
             let stored = self.hash.digest(&client_key);
             let mut cbind = self.gs2_header.clone().into_bytes();
@@ -309,10 +251,7 @@ pub mod client {
         }
 
         pub fn verify_server_final(&self, server_final: &str) -> bool {
-            server_final
-                .strip_prefix("v=")
-                .and_then(unb64)
-                .is_some_and(|v| v == self.server_sig)
+            server_final.strip_prefix("v=").and_then(unb64).is_some_and(|v| v == self.server_sig)
         }
     }
 }
@@ -322,12 +261,7 @@ mod tests {
     use super::client::ScramClient;
     use super::*;
 
-    fn run(
-        hash: Hash,
-        password: &str,
-        plus: Option<(&str, Vec<u8>)>,
-        server_cb: &ChannelBindings,
-    ) -> Result<(), Failure> {
+    fn run(hash: Hash, password: &str, plus: Option<(&str, Vec<u8>)>, server_cb: &ChannelBindings) -> Result<(), Failure> {
         let creds = Credentials::new("pencil", 4096);
         let is_plus = plus.is_some();
         let (mut c, first) = ScramClient::new(hash, "user", password, plus);
@@ -343,70 +277,24 @@ mod tests {
     #[test]
     fn full_exchanges() {
         let none = ChannelBindings::default();
-        let cb = ChannelBindings {
-            tls_exporter: Some(vec![7; 32]),
-            tls_server_end_point: Some(vec![9; 32]),
-        };
+        let cb = ChannelBindings { tls_exporter: Some(vec![7; 32]), tls_server_end_point: Some(vec![9; 32]) };
         assert!(run(Hash::Sha1, "pencil", None, &none).is_ok());
         assert!(run(Hash::Sha256, "pencil", None, &none).is_ok());
-        assert_eq!(
-            run(Hash::Sha256, "wrong", None, &none),
-            Err(Failure::NotAuthorized)
-        );
-        assert!(run(
-            Hash::Sha256,
-            "pencil",
-            Some(("tls-exporter", vec![7; 32])),
-            &cb
-        )
-        .is_ok());
-        assert!(run(
-            Hash::Sha1,
-            "pencil",
-            Some(("tls-server-end-point", vec![9; 32])),
-            &cb
-        )
-        .is_ok());
+        assert_eq!(run(Hash::Sha256, "wrong", None, &none), Err(Failure::NotAuthorized));
+        assert!(run(Hash::Sha256, "pencil", Some(("tls-exporter", vec![7; 32])), &cb).is_ok());
+        assert!(run(Hash::Sha1, "pencil", Some(("tls-server-end-point", vec![9; 32])), &cb).is_ok());
         // Binding data that does not match the server's view of the channel.
-        assert_eq!(
-            run(
-                Hash::Sha256,
-                "pencil",
-                Some(("tls-exporter", vec![8; 32])),
-                &cb
-            ),
-            Err(Failure::NotAuthorized)
-        );
+        assert_eq!(run(Hash::Sha256, "pencil", Some(("tls-exporter", vec![8; 32])), &cb), Err(Failure::NotAuthorized));
     }
 
     #[test]
     fn downgrade_and_malformed() {
-        let cb = ChannelBindings {
-            tls_exporter: Some(vec![7; 32]),
-            tls_server_end_point: None,
-        };
-        assert_eq!(
-            client_first(b"y,,n=user,r=abc", false, true, &cb).unwrap_err(),
-            Failure::NotAuthorized
-        );
+        let cb = ChannelBindings { tls_exporter: Some(vec![7; 32]), tls_server_end_point: None };
+        assert_eq!(client_first(b"y,,n=user,r=abc", false, true, &cb).unwrap_err(), Failure::NotAuthorized);
         assert!(client_first(b"y,,n=user,r=abc", false, false, &cb).is_ok());
-        assert_eq!(
-            client_first(b"n,,r=abc", false, false, &cb).unwrap_err(),
-            Failure::MalformedRequest
-        );
-        assert_eq!(
-            client_first(b"garbage", false, false, &cb).unwrap_err(),
-            Failure::MalformedRequest
-        );
-        assert_eq!(
-            client_first(b"n,,n=us=er,r=abc", false, false, &cb).unwrap_err(),
-            Failure::MalformedRequest
-        );
-        assert_eq!(
-            client_first(b"n,,n=us=2Cer,r=abc", false, false, &cb)
-                .unwrap()
-                .username,
-            "us,er"
-        );
+        assert_eq!(client_first(b"n,,r=abc", false, false, &cb).unwrap_err(), Failure::MalformedRequest);
+        assert_eq!(client_first(b"garbage", false, false, &cb).unwrap_err(), Failure::MalformedRequest);
+        assert_eq!(client_first(b"n,,n=us=er,r=abc", false, false, &cb).unwrap_err(), Failure::MalformedRequest);
+        assert_eq!(client_first(b"n,,n=us=2Cer,r=abc", false, false, &cb).unwrap().username, "us,er");
     }
 }

@@ -43,12 +43,8 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        let limits = Limits {
-            max_element_bytes: server.config.limits.max_stanza_size,
-            max_depth: server.config.limits.max_depth,
-        };
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(server.config.c2s.auth_timeout_secs);
+        let limits = Limits { max_element_bytes: server.config.limits.max_stanza_size, max_depth: server.config.limits.max_depth };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(server.config.c2s.auth_timeout_secs);
         let (transport, cb) = if direct_tls {
             match tokio::time::timeout_at(deadline, server.tls.direct.accept(tcp)).await {
                 Ok(Ok(tls)) => {
@@ -106,19 +102,12 @@ struct Negotiation {
 }
 
 fn new_id() -> String {
-    rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(16)
-        .map(char::from)
-        .collect()
+    rand::thread_rng().sample_iter(&Alphanumeric).take(16).map(char::from).collect()
 }
 
 impl Negotiation {
     async fn write(&mut self, s: &str) -> Result<(), StreamError> {
-        let w = self
-            .writer
-            .as_mut()
-            .ok_or(StreamError::InternalServerError)?;
+        let w = self.writer.as_mut().ok_or(StreamError::InternalServerError)?;
         let r = tokio::time::timeout(WRITE_TIMEOUT, async {
             w.write_all(s.as_bytes()).await?;
             w.flush().await
@@ -138,14 +127,7 @@ impl Negotiation {
         tracing::debug!(condition = e.condition(), "closing stream with error");
         let mut s = String::new();
         if !self.header_sent {
-            s.push_str(&header(
-                ns::CLIENT,
-                &new_id(),
-                self.host
-                    .as_deref()
-                    .unwrap_or(self.server.config.default_host()),
-                None,
-            ));
+            s.push_str(&header(ns::CLIENT, &new_id(), self.host.as_deref().unwrap_or(self.server.config.default_host()), None));
         }
         s.push_str(&e.to_xml(None));
         s.push_str("</stream:stream>");
@@ -157,10 +139,7 @@ impl Negotiation {
 
     async fn next(&mut self) -> Result<XmlEvent, StreamError> {
         let mut shutdown = self.server.shutdown.clone();
-        let reader = self
-            .reader
-            .as_mut()
-            .ok_or(StreamError::InternalServerError)?;
+        let reader = self.reader.as_mut().ok_or(StreamError::InternalServerError)?;
         tokio::select! {
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => Err(StreamError::SystemShutdown),
             r = tokio::time::timeout_at(self.deadline, reader.next()) => match r {
@@ -215,10 +194,7 @@ impl Negotiation {
         if h.default_ns != ns::CLIENT {
             return Err(StreamError::InvalidNamespace);
         }
-        let major = h
-            .attr("version")
-            .and_then(|v| v.split('.').next())
-            .and_then(|m| m.trim().parse::<u32>().ok());
+        let major = h.attr("version").and_then(|v| v.split('.').next()).and_then(|m| m.trim().parse::<u32>().ok());
         if major != Some(1) {
             return Err(StreamError::UnsupportedVersion);
         }
@@ -247,17 +223,14 @@ impl Negotiation {
                 if self.cb.any() {
                     let mut cbel = Element::new("sasl-channel-binding", ns::SASL_CB);
                     for name in self.cb.names() {
-                        cbel = cbel
-                            .child(Element::new("channel-binding", ns::SASL_CB).attr("type", name));
+                        cbel = cbel.child(Element::new("channel-binding", ns::SASL_CB).attr("type", name));
                     }
                     cbel.write_to(&mut out, "");
                 }
             }
         } else {
             Element::new("bind", ns::BIND).write_to(&mut out, "");
-            Element::new("session", ns::SESSION)
-                .child(Element::new("optional", ns::SESSION))
-                .write_to(&mut out, "");
+            Element::new("session", ns::SESSION).child(Element::new("optional", ns::SESSION)).write_to(&mut out, "");
             Element::new("ver", ns::ROSTER_VER).write_to(&mut out, "");
             Element::new("sub", ns::PREAPPROVAL).write_to(&mut out, "");
         }
@@ -306,19 +279,14 @@ impl Negotiation {
     }
 
     async fn starttls(&mut self) -> Result<(), StreamError> {
-        self.write(&Element::new("proceed", ns::TLS).to_xml())
-            .await?;
+        self.write(&Element::new("proceed", ns::TLS).to_xml()).await?;
         let reader = self.reader.take().ok_or(StreamError::InternalServerError)?;
-        let rd = reader
-            .into_inner()
-            .map_err(|_| StreamError::PolicyViolation)?;
+        let rd = reader.into_inner().map_err(|_| StreamError::PolicyViolation)?;
         let wr = self.writer.take().ok_or(StreamError::InternalServerError)?;
         let Transport::Plain(tcp) = rd.unsplit(wr) else {
             return Err(StreamError::InternalServerError);
         };
-        let tls = match tokio::time::timeout_at(self.deadline, self.server.tls.starttls.accept(tcp))
-            .await
-        {
+        let tls = match tokio::time::timeout_at(self.deadline, self.server.tls.starttls.accept(tcp)).await {
             Ok(Ok(t)) => t,
             _ => {
                 tracing::debug!("STARTTLS handshake failed");
@@ -343,10 +311,7 @@ impl Negotiation {
         if f == Failure::NotAuthorized {
             let delay = self.server.throttle.failure(&keys, Instant::now());
             if !delay.is_zero() {
-                tracing::info!(
-                    delay_ms = delay.as_millis() as u64,
-                    "slowing down repeated authentication failures"
-                );
+                tracing::info!(delay_ms = delay.as_millis() as u64, "slowing down repeated authentication failures");
                 tokio::time::sleep(delay).await;
             }
         }
@@ -369,32 +334,26 @@ impl Negotiation {
     }
 
     async fn challenge(&mut self, data: &[u8]) -> Result<(), StreamError> {
-        let el = Element::new("challenge", ns::SASL).text(if data.is_empty() {
-            "=".to_string()
-        } else {
-            b64(data)
-        });
+        let el = Element::new("challenge", ns::SASL).text(if data.is_empty() { "=".to_string() } else { b64(data) });
         self.write(&el.to_xml()).await
     }
 
     /// Normalise a SASL username into the node of an account on this host.
     fn account_of(&self, user: &str) -> Option<BareJid> {
         let host = self.host.as_deref()?;
-        BareJid::new(&format!("{user}@{host}"))
-            .ok()
-            .filter(|j| j.node().is_some() && j.domain().as_str() == host)
+        BareJid::new(&format!("{user}@{host}")).ok().filter(|j| j.node().is_some() && j.domain().as_str() == host)
     }
 
     async fn authenticate(&mut self, auth: &Element) -> Result<(), StreamError> {
-        let Some(mech) = auth
-            .get_attr("mechanism")
-            .and_then(Mechanism::from_name)
-            .filter(|m| self.offered().contains(m))
-        else {
+        let Some(mech) = auth.get_attr("mechanism").and_then(Mechanism::from_name) else {
             return self.sasl_failure(Failure::InvalidMechanism, None).await;
         };
-        if !self.tls && self.server.config.c2s.require_encryption {
+        // RFC 6120 section 6.4.5: a mechanism that needs a protected stream.
+        if !self.tls && (self.server.config.c2s.require_encryption || mech == Mechanism::Plain) {
             return self.sasl_failure(Failure::EncryptionRequired, None).await;
+        }
+        if !self.offered().contains(&mech) {
+            return self.sasl_failure(Failure::InvalidMechanism, None).await;
         }
         let text = auth.text_content();
         let initial = if text.trim().is_empty() {
@@ -415,9 +374,7 @@ impl Negotiation {
         };
         match outcome {
             Ok((account, extra)) => {
-                self.server
-                    .throttle
-                    .success(&ThrottleKey::Account(account.to_string()));
+                self.server.throttle.success(&ThrottleKey::Account(account.to_string()));
                 let mut el = Element::new("success", ns::SASL);
                 if let Some(x) = extra {
                     el = el.text(b64(&x));
@@ -435,23 +392,13 @@ impl Negotiation {
         }
     }
 
-    async fn plain(
-        &mut self,
-        data: &[u8],
-    ) -> Result<(BareJid, Option<Vec<u8>>), (Failure, Option<String>)> {
+    async fn plain(&mut self, data: &[u8]) -> Result<(BareJid, Option<Vec<u8>>), (Failure, Option<String>)> {
         let (authz, user, pass) = parse_plain(data).map_err(|f| (f, None))?;
-        let account = self
-            .account_of(&user)
-            .ok_or((Failure::NotAuthorized, None))?;
+        let account = self.account_of(&user).ok_or((Failure::NotAuthorized, None))?;
         let key = Some(account.to_string());
         check_authzid(authz.as_deref(), &account).map_err(|f| (f, key.clone()))?;
         let host = account.domain().as_str().to_string();
-        let creds = match self
-            .server
-            .storage
-            .credentials(&host, crate::jid::node_str(&Jid::from(account.clone())))
-            .await
-        {
+        let creds = match self.server.storage.credentials(&host, crate::jid::node_str(&Jid::from(account.clone()))).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "loading credentials");
@@ -460,9 +407,7 @@ impl Negotiation {
         };
         // argon2 is deliberately expensive: keep it off the async workers.
         let ok = match creds {
-            Some(c) => tokio::task::spawn_blocking(move || c.verify_password(&pass))
-                .await
-                .unwrap_or(false),
+            Some(c) => tokio::task::spawn_blocking(move || c.verify_password(&pass)).await.unwrap_or(false),
             None => false,
         };
         if ok {
@@ -489,21 +434,14 @@ impl Negotiation {
         if let Err(f) = check_authzid(cf.authzid.as_deref(), &account) {
             return Ok(Err((f, key)));
         }
-        let creds = match self
-            .server
-            .storage
-            .credentials(
-                account.domain().as_str(),
-                crate::jid::node_str(&Jid::from(account.clone())),
-            )
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "loading credentials");
-                return Ok(Err((Failure::TemporaryAuthFailure, key)));
-            }
-        };
+        let creds =
+            match self.server.storage.credentials(account.domain().as_str(), crate::jid::node_str(&Jid::from(account.clone()))).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "loading credentials");
+                    return Ok(Err((Failure::TemporaryAuthFailure, key)));
+                }
+            };
         let (pending, server_first) = cf.server_first(hash, creds.as_ref());
         self.challenge(&server_first).await?;
         let client_final = match self.response().await? {
@@ -522,7 +460,8 @@ impl Negotiation {
     async fn pre_bind_iq(&mut self, el: Element) -> Result<Option<Bound>, StreamError> {
         let st = match Stanza::parse(el) {
             Ok(s) => s,
-            Err((el, e)) => {
+            Err(bad) => {
+                let (el, e) = *bad;
                 if let Some(r) = e.reply_to(&el) {
                     self.write(&r.to_xml_in(ns::CLIENT)).await?;
                 }
@@ -538,9 +477,7 @@ impl Negotiation {
                 self.write(&r.to_xml_in(ns::CLIENT)).await?;
                 return Ok(None);
             }
-            let r = st.error_reply(
-                &StanzaError::new(Condition::NotAllowed).with_text("bind a resource first"),
-            );
+            let r = st.error_reply(&StanzaError::new(Condition::NotAllowed).with_text("bind a resource first"));
             if let Some(r) = r {
                 self.write(&r.to_xml_in(ns::CLIENT)).await?;
             }
@@ -548,17 +485,12 @@ impl Negotiation {
         }
         let user = self.user.clone().unwrap_or_default();
         let host = self.host.clone().unwrap_or_default();
-        let requested = payload
-            .find("resource", ns::BIND)
-            .map(|r| r.text_content())
-            .filter(|r| !r.trim().is_empty());
+        let requested = payload.find("resource", ns::BIND).map(|r| r.text_content()).filter(|r| !r.trim().is_empty());
         let resource = requested.unwrap_or_else(|| format!("starling-{}", new_id()));
         let jid = match FullJid::new(&format!("{user}@{host}/{resource}")) {
             Ok(j) => j,
             Err(_) => {
-                let r = st.error_reply(
-                    &StanzaError::new(Condition::BadRequest).with_text("invalid resource"),
-                );
+                let r = st.error_reply(&StanzaError::new(Condition::BadRequest).with_text("invalid resource"));
                 if let Some(r) = r {
                     self.write(&r.to_xml_in(ns::CLIENT)).await?;
                 }
@@ -581,14 +513,13 @@ impl Negotiation {
         };
         if let Some(old) = server.sessions.bind(entry, blocked) {
             // RFC 6120 section 7.7.2.2: the new login wins, the old stream gets <conflict/>.
-            let _ = old.tx.try_send(Deliver::Close(StreamError::Conflict));
+            tokio::spawn(async move {
+                let _ = old.tx.send(Deliver::Close(StreamError::Conflict)).await;
+            });
         }
         tracing::Span::current().record("jid", tracing::field::display(&jid));
         tracing::info!("resource bound");
-        let reply = st.iq_result(Some(
-            Element::new("bind", ns::BIND)
-                .child(Element::new("jid", ns::BIND).text(jid.to_string())),
-        ));
+        let reply = st.iq_result(Some(Element::new("bind", ns::BIND).child(Element::new("jid", ns::BIND).text(jid.to_string()))));
         self.write(&reply.to_xml_in(ns::CLIENT)).await?;
         let reader = self.reader.take().ok_or(StreamError::InternalServerError)?;
         let writer = self.writer.take().ok_or(StreamError::InternalServerError)?;
@@ -616,7 +547,7 @@ fn decode(text: &str) -> Result<Vec<u8>, Failure> {
 fn check_authzid(authzid: Option<&str>, account: &BareJid) -> Result<(), Failure> {
     match authzid {
         None => Ok(()),
-        Some(a) if crate::jid::parse(a).is_some_and(|j| j == Jid::from(account.clone())) => Ok(()),
+        Some(a) if crate::jid::parse(a).is_some_and(|j| j.is_bare() && j.as_str() == account.as_str()) => Ok(()),
         Some(_) => Err(Failure::InvalidAuthzid),
     }
 }
@@ -703,9 +634,7 @@ impl Bound {
         // The session is gone: unavailable to everyone who saw it, then out of the registry.
         let (jid, id) = (self.jid.clone(), self.id);
         if self.presence.available || !self.presence.directed.is_empty() {
-            self.presence
-                .unavailable(&self.server, &jid, id, None)
-                .await;
+            self.presence.unavailable(&self.server, &jid, id, None).await;
         }
         self.server.sessions.unbind(&jid, id);
         tracing::info!("session ended");
@@ -748,7 +677,8 @@ impl Bound {
         }
         let mut st = match Stanza::parse(el) {
             Ok(s) => s,
-            Err((el, e)) => {
+            Err(bad) => {
+                let (el, e) = *bad;
                 if let Some(r) = e.reply_to(&el) {
                     self.out.push_str(&r.to_xml_in(ns::CLIENT));
                 }
@@ -758,8 +688,7 @@ impl Bound {
         // RFC 6120 section 8.1.2.1: the server stamps the full JID; a client may only claim
         // its own addresses.
         if let Some(from) = &st.from {
-            let me = Jid::from(self.jid.clone());
-            if *from != me && *from != Jid::from(self.jid.to_bare()) {
+            if from.as_str() != self.jid.as_str() && from.as_str() != self.jid.to_bare().as_str() {
                 return Some(End::Error(StreamError::InvalidFrom));
             }
         }
@@ -767,11 +696,7 @@ impl Bound {
         let server = self.server.clone();
         match st.kind {
             Kind::Presence => match (&st.to, st.typ()) {
-                (None, _) => {
-                    self.presence
-                        .broadcast(&server, &self.jid, self.id, st.el)
-                        .await
-                }
+                (None, _) => self.presence.broadcast(&server, &self.jid, self.id, st.el).await,
                 (Some(_), Some(t)) if stanza::is_subscription_type(t) => {
                     if let Err(e) = roster::outbound(&server, &self.jid, st.clone()).await {
                         if let Some(r) = st.error_reply(&e) {

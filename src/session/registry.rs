@@ -23,15 +23,11 @@ pub struct Outgoing {
 
 impl Outgoing {
     pub fn new(el: Element) -> Arc<Outgoing> {
-        Arc::new(Outgoing {
-            el,
-            bytes: OnceLock::new(),
-        })
+        Arc::new(Outgoing { el, bytes: OnceLock::new() })
     }
 
     pub fn bytes(&self) -> &str {
-        self.bytes
-            .get_or_init(|| self.el.to_xml_in(crate::xml::ns::CLIENT).into_boxed_str())
+        self.bytes.get_or_init(|| self.el.to_xml_in(crate::xml::ns::CLIENT).into_boxed_str())
     }
 }
 
@@ -92,11 +88,7 @@ impl SessionRegistry {
         let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
         let acct = map.entry(entry.jid.to_bare()).or_default();
         acct.blocked = Arc::new(blocked);
-        let old = acct
-            .sessions
-            .iter()
-            .position(|s| s.jid == entry.jid)
-            .map(|i| acct.sessions.remove(i));
+        let old = acct.sessions.iter().position(|s| s.jid == entry.jid).map(|i| acct.sessions.remove(i));
         acct.sessions.push(entry);
         old
     }
@@ -116,33 +108,20 @@ impl SessionRegistry {
 
     pub fn update(&self, jid: &FullJid, id: u64, f: impl FnOnce(&mut SessionEntry)) {
         let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map
-            .get_mut(&jid.to_bare())
-            .and_then(|a| a.sessions.iter_mut().find(|s| s.id == id))
-        {
+        if let Some(s) = map.get_mut(&jid.to_bare()).and_then(|a| a.sessions.iter_mut().find(|s| s.id == id)) {
             f(s);
         }
     }
 
     pub fn get(&self, jid: &FullJid) -> Option<SessionEntry> {
         let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&jid.to_bare())?
-            .sessions
-            .iter()
-            .find(|s| &s.jid == jid)
-            .cloned()
+        map.get(&jid.to_bare())?.sessions.iter().find(|s| &s.jid == jid).cloned()
     }
 
     /// Every session of an account, filtered.
-    pub fn sessions(
-        &self,
-        bare: &BareJid,
-        filter: impl Fn(&SessionEntry) -> bool,
-    ) -> Vec<SessionEntry> {
+    pub fn sessions(&self, bare: &BareJid, filter: impl Fn(&SessionEntry) -> bool) -> Vec<SessionEntry> {
         let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        map.get(bare)
-            .map(|a| a.sessions.iter().filter(|s| filter(s)).cloned().collect())
-            .unwrap_or_default()
+        map.get(bare).map(|a| a.sessions.iter().filter(|s| filter(s)).cloned().collect()).unwrap_or_default()
     }
 
     pub fn is_online(&self, bare: &BareJid) -> bool {
@@ -182,9 +161,7 @@ impl SessionRegistry {
     /// Every session (for shutdown).
     pub fn all(&self) -> Vec<SessionEntry> {
         let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        map.values()
-            .flat_map(|a| a.sessions.iter().cloned())
-            .collect()
+        map.values().flat_map(|a| a.sessions.iter().cloned()).collect()
     }
 
     pub fn count(&self) -> usize {

@@ -7,10 +7,7 @@ use super::{Result, Storage};
 
 impl Storage {
     pub async fn vcard(&self, owner: &str) -> Result<Option<String>> {
-        let row = sqlx::query("SELECT vcard FROM vcards WHERE owner = $1")
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT vcard FROM vcards WHERE owner = $1").bind(owner).fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -24,12 +21,11 @@ impl Storage {
     }
 
     pub async fn private_xml(&self, owner: &str, namespace: &str) -> Result<Option<String>> {
-        let row =
-            sqlx::query("SELECT xml FROM private_storage WHERE owner = $1 AND namespace = $2")
-                .bind(owner)
-                .bind(namespace)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query("SELECT xml FROM private_storage WHERE owner = $1 AND namespace = $2")
+            .bind(owner)
+            .bind(namespace)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| r.get(0)))
     }
 
@@ -44,33 +40,14 @@ impl Storage {
     }
 
     pub async fn blocklist(&self, owner: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT jid FROM blocked_jids WHERE owner = $1 ORDER BY jid")
-            .bind(owner)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query("SELECT jid FROM blocked_jids WHERE owner = $1 ORDER BY jid").bind(owner).fetch_all(&self.pool).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     pub async fn block(&self, owner: &str, jids: &[String]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for j in jids {
-            sqlx::query("INSERT INTO blocked_jids (owner, jid) VALUES ($1, $2) ON CONFLICT (owner, jid) DO NOTHING").bind(owner).bind(j).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Unblock the given JIDs, or all when `jids` is empty.
-    pub async fn unblock(&self, owner: &str, jids: &[String]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        if jids.is_empty() {
-            sqlx::query("DELETE FROM blocked_jids WHERE owner = $1")
-                .bind(owner)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for j in jids {
-            sqlx::query("DELETE FROM blocked_jids WHERE owner = $1 AND jid = $2")
+            sqlx::query("INSERT INTO blocked_jids (owner, jid) VALUES ($1, $2) ON CONFLICT (owner, jid) DO NOTHING")
                 .bind(owner)
                 .bind(j)
                 .execute(&mut *tx)
@@ -80,11 +57,21 @@ impl Storage {
         Ok(())
     }
 
+    /// Unblock the given JIDs, or all when `jids` is empty.
+    pub async fn unblock(&self, owner: &str, jids: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if jids.is_empty() {
+            sqlx::query("DELETE FROM blocked_jids WHERE owner = $1").bind(owner).execute(&mut *tx).await?;
+        }
+        for j in jids {
+            sqlx::query("DELETE FROM blocked_jids WHERE owner = $1 AND jid = $2").bind(owner).bind(j).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn last_activity(&self, owner: &str) -> Result<Option<(i64, String)>> {
-        let row = sqlx::query("SELECT seen_at, status FROM last_activity WHERE owner = $1")
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT seen_at, status FROM last_activity WHERE owner = $1").bind(owner).fetch_optional(&self.pool).await?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 

@@ -29,8 +29,7 @@ pub enum Backend {
 
 /// Migrations per engine, in order. Each file is applied once, inside a transaction.
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../schema/sqlite/0001_core.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../schema/postgres/0001_core.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../schema/postgres/0001_core.sql"))];
 
 #[derive(Clone)]
 pub struct Storage {
@@ -42,22 +41,14 @@ impl Storage {
     /// Connect (creating the SQLite file and its directory if needed) and migrate.
     pub async fn open(url: &str, max_connections: u32) -> Result<Storage> {
         sqlx::any::install_default_drivers();
-        let (backend, url) = if let Some(path) = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-        {
+        let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let file = path.split('?').next().unwrap_or(path);
             if let Some(dir) = std::path::Path::new(file).parent() {
                 if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| StorageError::Invalid(format!("{}: {e}", dir.display())))?;
+                    std::fs::create_dir_all(dir).map_err(|e| StorageError::Invalid(format!("{}: {e}", dir.display())))?;
                 }
             }
-            let url = if path.contains('?') {
-                format!("sqlite://{path}")
-            } else {
-                format!("sqlite://{path}?mode=rwc")
-            };
+            let url = if path.contains('?') { format!("sqlite://{path}") } else { format!("sqlite://{path}?mode=rwc") };
             (Backend::Sqlite, url)
         } else {
             (Backend::Postgres, url.to_string())
@@ -119,8 +110,5 @@ impl Storage {
 }
 
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }

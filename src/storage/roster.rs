@@ -85,11 +85,7 @@ impl RosterItem {
             subscription: Subscription::parse(&r.get::<String, _>(2)),
             ask: r.get::<i64, _>(3) != 0,
             approved: r.get::<i64, _>(4) != 0,
-            groups: groups
-                .split('\n')
-                .filter(|g| !g.is_empty())
-                .map(String::from)
-                .collect(),
+            groups: groups.split('\n').filter(|g| !g.is_empty()).map(String::from).collect(),
         }
     }
 }
@@ -98,39 +94,29 @@ const ITEM_COLUMNS: &str = "contact, name, subscription, ask_subscribe, approved
 
 impl Storage {
     pub async fn roster(&self, owner: &str) -> Result<Vec<RosterItem>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = $1 ORDER BY contact"
-        ))
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = $1 ORDER BY contact"))
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(RosterItem::from_row).collect())
     }
 
     pub async fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>> {
-        let row = sqlx::query(&format!(
-            "SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = $1 AND contact = $2"
-        ))
-        .bind(owner)
-        .bind(contact)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(&format!("SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = $1 AND contact = $2"))
+            .bind(owner)
+            .bind(contact)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(RosterItem::from_row))
     }
 
     pub async fn roster_len(&self, owner: &str) -> Result<usize> {
-        let row = sqlx::query("SELECT COUNT(*) FROM roster_items WHERE owner = $1")
-            .bind(owner)
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM roster_items WHERE owner = $1").bind(owner).fetch_one(&self.pool).await?;
         Ok(row.get::<i64, _>(0) as usize)
     }
 
     pub async fn roster_version(&self, owner: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT version FROM roster_versions WHERE owner = $1")
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT version FROM roster_versions WHERE owner = $1").bind(owner).fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0))
     }
 
@@ -160,23 +146,14 @@ impl Storage {
     /// Remove an item; returns the new roster version.
     pub async fn delete_roster_item(&self, owner: &str, contact: &str) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM roster_items WHERE owner = $1 AND contact = $2")
-            .bind(owner)
-            .bind(contact)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM roster_items WHERE owner = $1 AND contact = $2").bind(owner).bind(contact).execute(&mut *tx).await?;
         let v = bump_version(&mut tx, owner).await?;
         tx.commit().await?;
         Ok(v)
     }
 
     /// Remember an inbound subscription request until it is answered.
-    pub async fn put_subscription_request(
-        &self,
-        owner: &str,
-        contact: &str,
-        stanza: &str,
-    ) -> Result<()> {
+    pub async fn put_subscription_request(&self, owner: &str, contact: &str, stanza: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO subscription_requests (owner, contact, stanza, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (owner, contact) DO UPDATE SET stanza = excluded.stanza",
@@ -201,18 +178,20 @@ impl Storage {
     }
 
     pub async fn has_subscription_request(&self, owner: &str, contact: &str) -> Result<bool> {
-        let r =
-            sqlx::query("SELECT 1 FROM subscription_requests WHERE owner = $1 AND contact = $2")
-                .bind(owner)
-                .bind(contact)
-                .fetch_optional(&self.pool)
-                .await?;
+        let r = sqlx::query("SELECT 1 FROM subscription_requests WHERE owner = $1 AND contact = $2")
+            .bind(owner)
+            .bind(contact)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(r.is_some())
     }
 
     /// Pending requests as (contact, serialized stanza), oldest first.
     pub async fn subscription_requests(&self, owner: &str) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT contact, stanza FROM subscription_requests WHERE owner = $1 ORDER BY created_at, contact").bind(owner).fetch_all(&self.pool).await?;
+        let rows = sqlx::query("SELECT contact, stanza FROM subscription_requests WHERE owner = $1 ORDER BY created_at, contact")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

@@ -6,15 +6,8 @@ use super::{now_secs, Result, Storage};
 use crate::sasl::credentials::{b64, unb64, Credentials, ScramKeys};
 
 /// Every table holding per-account data, keyed by the account's bare JID (`owner`).
-const ACCOUNT_TABLES: &[&str] = &[
-    "roster_items",
-    "roster_versions",
-    "subscription_requests",
-    "vcards",
-    "private_storage",
-    "blocked_jids",
-    "last_activity",
-];
+const ACCOUNT_TABLES: &[&str] =
+    &["roster_items", "roster_versions", "subscription_requests", "vcards", "private_storage", "blocked_jids", "last_activity"];
 
 impl Storage {
     /// Create an account; `false` if it already exists.
@@ -62,16 +55,9 @@ impl Storage {
     pub async fn delete_user(&self, host: &str, username: &str) -> Result<bool> {
         let owner = format!("{username}@{host}");
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query("DELETE FROM users WHERE host = $1 AND username = $2")
-            .bind(host)
-            .bind(username)
-            .execute(&mut *tx)
-            .await?;
+        let r = sqlx::query("DELETE FROM users WHERE host = $1 AND username = $2").bind(host).bind(username).execute(&mut *tx).await?;
         for table in ACCOUNT_TABLES {
-            sqlx::query(&format!("DELETE FROM {table} WHERE owner = $1"))
-                .bind(&owner)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!("DELETE FROM {table} WHERE owner = $1")).bind(&owner).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(r.rows_affected() == 1)
@@ -100,14 +86,8 @@ impl Storage {
         Ok(Some(Credentials {
             salt: d(0),
             iterations: row.get::<i64, _>(1) as u32,
-            sha1: ScramKeys {
-                stored_key: d(2),
-                server_key: d(3),
-            },
-            sha256: ScramKeys {
-                stored_key: d(4),
-                server_key: d(5),
-            },
+            sha1: ScramKeys { stored_key: d(2), server_key: d(3) },
+            sha256: ScramKeys { stored_key: d(4), server_key: d(5) },
             argon2: row.get(6),
         }))
     }
@@ -116,16 +96,9 @@ impl Storage {
     pub async fn list_users(&self, host: Option<&str>) -> Result<Vec<(String, String)>> {
         let rows = match host {
             Some(h) => {
-                sqlx::query("SELECT host, username FROM users WHERE host = $1 ORDER BY username")
-                    .bind(h)
-                    .fetch_all(&self.pool)
-                    .await?
+                sqlx::query("SELECT host, username FROM users WHERE host = $1 ORDER BY username").bind(h).fetch_all(&self.pool).await?
             }
-            None => {
-                sqlx::query("SELECT host, username FROM users ORDER BY host, username")
-                    .fetch_all(&self.pool)
-                    .await?
-            }
+            None => sqlx::query("SELECT host, username FROM users ORDER BY host, username").fetch_all(&self.pool).await?,
         };
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }

@@ -36,11 +36,7 @@ impl Transport {
 }
 
 impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -49,11 +45,7 @@ impl AsyncRead for Transport {
 }
 
 impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -89,8 +81,7 @@ struct Resolver {
 
 impl Resolver {
     fn pick(&self, sni: Option<&str>) -> Option<&DomainCert> {
-        sni.and_then(|n| self.certs.get(&n.to_ascii_lowercase()))
-            .or_else(|| self.certs.get(&self.default))
+        sni.and_then(|n| self.certs.get(&n.to_ascii_lowercase())).or_else(|| self.certs.get(&self.default))
     }
 }
 
@@ -116,14 +107,10 @@ pub enum TlsSetupError {
 
 /// RFC 5929: hash the certificate with its signature's hash, SHA-256 for MD5 / SHA-1.
 fn end_point_hash(der: &[u8]) -> Vec<u8> {
-    const SHA384_OIDS: [&[u8]; 2] = [
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c],
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
-    ];
-    const SHA512_OIDS: [&[u8]; 2] = [
-        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d],
-        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
-    ];
+    const SHA384_OIDS: [&[u8]; 2] =
+        [&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03]];
+    const SHA512_OIDS: [&[u8]; 2] =
+        [&[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04]];
     let has = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
     if SHA512_OIDS.iter().any(|o| has(o)) {
         sha2::Sha512::digest(der).to_vec()
@@ -134,48 +121,32 @@ fn end_point_hash(der: &[u8]) -> Vec<u8> {
     }
 }
 
-fn load_pem(
-    cert: &Path,
-    key: &Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsSetupError> {
-    let cert_bytes =
-        std::fs::read(cert).map_err(|e| TlsSetupError::Io(cert.display().to_string(), e))?;
-    let key_bytes =
-        std::fs::read(key).map_err(|e| TlsSetupError::Io(key.display().to_string(), e))?;
+fn load_pem(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsSetupError> {
+    let cert_bytes = std::fs::read(cert).map_err(|e| TlsSetupError::Io(cert.display().to_string(), e))?;
+    let key_bytes = std::fs::read(key).map_err(|e| TlsSetupError::Io(key.display().to_string(), e))?;
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_bytes.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|e| TlsSetupError::Io(cert.display().to_string(), e))?;
     if certs.is_empty() {
-        return Err(TlsSetupError::Bad(
-            cert.display().to_string(),
-            "no certificate found".into(),
-        ));
+        return Err(TlsSetupError::Bad(cert.display().to_string(), "no certificate found".into()));
     }
     let key_der = rustls_pemfile::private_key(&mut key_bytes.as_slice())
         .map_err(|e| TlsSetupError::Io(key.display().to_string(), e))?
-        .ok_or_else(|| {
-            TlsSetupError::Bad(key.display().to_string(), "no private key found".into())
-        })?;
+        .ok_or_else(|| TlsSetupError::Bad(key.display().to_string(), "no private key found".into()))?;
     Ok((certs, key_der))
 }
 
 /// Make a self-signed certificate for `domain` under `dir`, or reuse the one made before.
-fn self_signed(
-    dir: &Path,
-    domain: &str,
-) -> Result<(std::path::PathBuf, std::path::PathBuf), TlsSetupError> {
+fn self_signed(dir: &Path, domain: &str) -> Result<(std::path::PathBuf, std::path::PathBuf), TlsSetupError> {
     let cert = dir.join(format!("{domain}.crt"));
     let key = dir.join(format!("{domain}.key"));
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
     std::fs::create_dir_all(dir).map_err(|e| TlsSetupError::Io(dir.display().to_string(), e))?;
-    let ck = rcgen::generate_simple_self_signed(vec![domain.to_string()])
-        .map_err(|e| TlsSetupError::Bad(domain.into(), e.to_string()))?;
-    std::fs::write(&cert, ck.cert.pem())
-        .map_err(|e| TlsSetupError::Io(cert.display().to_string(), e))?;
-    std::fs::write(&key, ck.key_pair.serialize_pem())
-        .map_err(|e| TlsSetupError::Io(key.display().to_string(), e))?;
+    let ck = rcgen::generate_simple_self_signed(vec![domain.to_string()]).map_err(|e| TlsSetupError::Bad(domain.into(), e.to_string()))?;
+    std::fs::write(&cert, ck.cert.pem()).map_err(|e| TlsSetupError::Io(cert.display().to_string(), e))?;
+    std::fs::write(&key, ck.key_pair.serialize_pem()).map_err(|e| TlsSetupError::Io(key.display().to_string(), e))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -200,18 +171,9 @@ impl TlsSetup {
                 .load_private_key(key_der)
                 .map_err(|e| TlsSetupError::Bad(key.display().to_string(), e.to_string()))?;
             let end_point = end_point_hash(chain[0].as_ref());
-            certs.insert(
-                host.clone(),
-                DomainCert {
-                    key: Arc::new(CertifiedKey::new(chain, signing)),
-                    end_point,
-                },
-            );
+            certs.insert(host.clone(), DomainCert { key: Arc::new(CertifiedKey::new(chain, signing)), end_point });
         }
-        let resolver = Arc::new(Resolver {
-            certs,
-            default: config.default_host().to_string(),
-        });
+        let resolver = Arc::new(Resolver { certs, default: config.default_host().to_string() });
         let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>, TlsSetupError> {
             let mut sc = ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -232,16 +194,8 @@ impl TlsSetup {
     /// Channel-binding values for a finished handshake.
     pub fn bindings(&self, tls: &TlsStream<TcpStream>) -> ChannelBindings {
         let (_, conn) = tls.get_ref();
-        let tls_exporter = conn
-            .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-            .ok();
-        let tls_server_end_point = self
-            .resolver
-            .pick(conn.server_name())
-            .map(|c| c.end_point.clone());
-        ChannelBindings {
-            tls_exporter,
-            tls_server_end_point,
-        }
+        let tls_exporter = conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None).ok();
+        let tls_server_end_point = self.resolver.pick(conn.server_name()).map(|c| c.end_point.clone());
+        ChannelBindings { tls_exporter, tls_server_end_point }
     }
 }

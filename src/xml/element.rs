@@ -22,12 +22,7 @@ pub struct Element {
 
 impl Element {
     pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Self {
-        Element {
-            name: name.into(),
-            ns: ns.into(),
-            attrs: Vec::new(),
-            children: Vec::new(),
-        }
+        Element { name: name.into(), ns: ns.into(), attrs: Vec::new(), children: Vec::new() }
     }
 
     /// Builder: add an attribute.
@@ -57,10 +52,7 @@ impl Element {
     }
 
     pub fn get_attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn set_attr(&mut self, name: &str, value: impl Into<String>) {
@@ -206,14 +198,8 @@ mod tests {
     fn writes_namespaces_only_where_they_change() {
         let e = Element::new("iq", "jabber:client")
             .attr("type", "result")
-            .child(
-                Element::new("query", "jabber:iq:roster")
-                    .child(Element::new("item", "jabber:iq:roster").attr("jid", "a'b@c")),
-            );
-        assert_eq!(
-            e.to_xml_in("jabber:client"),
-            "<iq type='result'><query xmlns='jabber:iq:roster'><item jid='a&apos;b@c'/></query></iq>"
-        );
+            .child(Element::new("query", "jabber:iq:roster").child(Element::new("item", "jabber:iq:roster").attr("jid", "a'b@c")));
+        assert_eq!(e.to_xml_in("jabber:client"), "<iq type='result'><query xmlns='jabber:iq:roster'><item jid='a&apos;b@c'/></query></iq>");
     }
 
     #[test]

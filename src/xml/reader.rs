@@ -52,10 +52,7 @@ pub struct StreamHeader {
 
 impl StreamHeader {
     pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -74,10 +71,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_element_bytes: 256 * 1024,
-            max_depth: 64,
-        }
+        Limits { max_element_bytes: 256 * 1024, max_depth: 64 }
     }
 }
 
@@ -90,11 +84,7 @@ pub struct Counted<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.count > self.limit {
             return Poll::Ready(Err(io::Error::other(TooLargeMarker)));
         }
@@ -138,11 +128,7 @@ fn wf(e: impl std::fmt::Display) -> XmlError {
 
 impl<R: AsyncRead + Unpin> XmlReader<R> {
     pub fn new(inner: R, limits: Limits) -> Self {
-        let counted = Counted {
-            inner,
-            count: 0,
-            limit: limits.max_element_bytes,
-        };
+        let counted = Counted { inner, count: 0, limit: limits.max_element_bytes };
         Self::from_buffered(BufReader::with_capacity(4096, counted), limits)
     }
 
@@ -152,14 +138,7 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
         cfg.trim_text(false);
         cfg.check_end_names = true;
         cfg.expand_empty_elements = false;
-        XmlReader {
-            reader,
-            buf: Vec::with_capacity(256),
-            scopes: Vec::new(),
-            building: Vec::new(),
-            opened: false,
-            limits,
-        }
+        XmlReader { reader, buf: Vec::with_capacity(256), scopes: Vec::new(), building: Vec::new(), opened: false, limits }
     }
 
     /// Start a new stream on the same connection (after SASL success), keeping any bytes the
@@ -218,17 +197,13 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
         };
         match lookup(prefix) {
             Some(ns) => Ok((local.to_string(), ns)),
-            None => Err(XmlError::UnboundPrefix(
-                prefix.unwrap_or_default().to_string(),
-            )),
+            None => Err(XmlError::UnboundPrefix(prefix.unwrap_or_default().to_string())),
         }
     }
 
     /// Parse a start tag: returns the element (no children), its scope.
     fn start(&self, e: &BytesStart<'_>) -> Result<(Element, Scope), XmlError> {
-        let qname = std::str::from_utf8(e.name().as_ref())
-            .map_err(wf)?
-            .to_string();
+        let qname = std::str::from_utf8(e.name().as_ref()).map_err(wf)?.to_string();
         let mut scope = Scope::default();
         let mut attrs = Vec::new();
         for a in e.attributes().with_checks(true) {
@@ -252,24 +227,13 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
             if let Some((p, _)) = k.split_once(':') {
                 if p != "xml"
                     && !scope.prefixes.iter().any(|(q, _)| q == p)
-                    && !self
-                        .scopes
-                        .iter()
-                        .any(|s| s.prefixes.iter().any(|(q, _)| q == p))
+                    && !self.scopes.iter().any(|s| s.prefixes.iter().any(|(q, _)| q == p))
                 {
                     return Err(XmlError::UnboundPrefix(p.to_string()));
                 }
             }
         }
-        Ok((
-            Element {
-                name,
-                ns,
-                attrs,
-                children: Vec::new(),
-            },
-            scope,
-        ))
+        Ok((Element { name, ns, attrs, children: Vec::new() }, scope))
     }
 
     fn push_text(&mut self, text: Cow<'_, str>) -> Result<(), XmlError> {
@@ -316,9 +280,7 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
             };
             match ev {
                 Event::Decl(_) if !self.opened => continue,
-                Event::Decl(_) | Event::PI(_) => {
-                    return Err(XmlError::Restricted("processing instruction"))
-                }
+                Event::Decl(_) | Event::PI(_) => return Err(XmlError::Restricted("processing instruction")),
                 Event::Comment(_) => return Err(XmlError::Restricted("comment")),
                 Event::DocType(_) => return Err(XmlError::Restricted("DTD")),
                 Event::Eof => return Err(XmlError::Eof),
@@ -328,18 +290,9 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                     self.scopes.push(scope);
                     self.opened = true;
                     self.reset_count();
-                    return Ok(XmlEvent::StreamOpen(StreamHeader {
-                        name: el.name,
-                        ns: el.ns,
-                        default_ns,
-                        attrs: el.attrs,
-                    }));
+                    return Ok(XmlEvent::StreamOpen(StreamHeader { name: el.name, ns: el.ns, default_ns, attrs: el.attrs }));
                 }
-                Event::Empty(_) if !self.opened => {
-                    return Err(XmlError::NotWellFormed(
-                        "stream header closed at once".into(),
-                    ))
-                }
+                Event::Empty(_) if !self.opened => return Err(XmlError::NotWellFormed("stream header closed at once".into())),
                 Event::Start(s) => {
                     if self.building.len() + 1 > self.limits.max_depth {
                         return Err(XmlError::TooDeep);
@@ -428,10 +381,7 @@ mod tests {
         match &ev[1] {
             Ok(XmlEvent::Element(m)) => {
                 assert!(m.is("message", "jabber:client"));
-                assert_eq!(
-                    m.find("body", "jabber:client").unwrap().text_content(),
-                    "hi & A"
-                );
+                assert_eq!(m.find("body", "jabber:client").unwrap().text_content(), "hi & A");
                 assert!(m.find("x", "urn:x").unwrap().find("y", "urn:x").is_some());
             }
             other => panic!("{other:?}"),
@@ -441,88 +391,38 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_restricted_xml() {
-        for bad in [
-            "<!-- c -->",
-            "<?pi x?>",
-            "<message>&foo;</message>",
-            "<message a='&bar;'/>",
-        ] {
+        for bad in ["<!-- c -->", "<?pi x?>", "<message>&foo;</message>", "<message a='&bar;'/>"] {
             let ev = events(&format!("{HEAD}{bad}"), Limits::default()).await;
-            assert!(
-                matches!(ev.last(), Some(Err(XmlError::Restricted(_)))),
-                "{bad}: {ev:?}"
-            );
+            assert!(matches!(ev.last(), Some(Err(XmlError::Restricted(_)))), "{bad}: {ev:?}");
         }
-        let ev = events(
-            "<!DOCTYPE x [<!ENTITY a 'b'>]><stream:stream/>",
-            Limits::default(),
-        )
-        .await;
-        assert!(
-            matches!(ev.last(), Some(Err(XmlError::Restricted(_)))),
-            "{ev:?}"
-        );
+        let ev = events("<!DOCTYPE x [<!ENTITY a 'b'>]><stream:stream/>", Limits::default()).await;
+        assert!(matches!(ev.last(), Some(Err(XmlError::Restricted(_)))), "{ev:?}");
     }
 
     #[tokio::test]
     async fn rejects_malformed_and_oversized() {
         let ev = events(&format!("{HEAD}<message></iq>"), Limits::default()).await;
-        assert!(
-            matches!(ev.last(), Some(Err(XmlError::NotWellFormed(_)))),
-            "{ev:?}"
-        );
+        assert!(matches!(ev.last(), Some(Err(XmlError::NotWellFormed(_)))), "{ev:?}");
         let ev = events(&format!("{HEAD}<a:message/>"), Limits::default()).await;
-        assert!(
-            matches!(ev.last(), Some(Err(XmlError::UnboundPrefix(_)))),
-            "{ev:?}"
-        );
-        let big = format!(
-            "{HEAD}<message><body>{}</body></message>",
-            "x".repeat(10_000)
-        );
-        let ev = events(
-            &big,
-            Limits {
-                max_element_bytes: 4096,
-                max_depth: 8,
-            },
-        )
-        .await;
+        assert!(matches!(ev.last(), Some(Err(XmlError::UnboundPrefix(_)))), "{ev:?}");
+        let big = format!("{HEAD}<message><body>{}</body></message>", "x".repeat(10_000));
+        let ev = events(&big, Limits { max_element_bytes: 4096, max_depth: 8 }).await;
         assert!(matches!(ev.last(), Some(Err(XmlError::TooLarge))), "{ev:?}");
         let deep = format!("{HEAD}{}", "<a>".repeat(20));
-        let ev = events(
-            &deep,
-            Limits {
-                max_element_bytes: 4096,
-                max_depth: 8,
-            },
-        )
-        .await;
+        let ev = events(&deep, Limits { max_element_bytes: 4096, max_depth: 8 }).await;
         assert!(matches!(ev.last(), Some(Err(XmlError::TooDeep))), "{ev:?}");
         let ev = events(&format!("{HEAD}hello"), Limits::default()).await;
-        assert!(
-            matches!(ev.last(), Some(Err(XmlError::StrayText))),
-            "{ev:?}"
-        );
+        assert!(matches!(ev.last(), Some(Err(XmlError::StrayText))), "{ev:?}");
     }
 
     #[tokio::test]
     async fn many_small_stanzas_do_not_trip_the_size_limit() {
         let mut input = HEAD.to_string();
         for _ in 0..200 {
-            input.push_str(
-                "<message><body>0123456789012345678901234567890123456789</body></message>",
-            );
+            input.push_str("<message><body>0123456789012345678901234567890123456789</body></message>");
         }
         input.push_str("</stream:stream>");
-        let ev = events(
-            &input,
-            Limits {
-                max_element_bytes: 1024,
-                max_depth: 8,
-            },
-        )
-        .await;
+        let ev = events(&input, Limits { max_element_bytes: 1024, max_depth: 8 }).await;
         assert_eq!(ev.len(), 202);
         assert!(ev.iter().all(|e| e.is_ok()));
     }

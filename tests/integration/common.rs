@@ -32,8 +32,7 @@ pub enum Db {
 
 /// Admin URL of the PostgreSQL server used for tests; each test gets its own database.
 fn pg_admin_url() -> String {
-    std::env::var("STARLING_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("STARLING_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 pub struct TestServer {
@@ -66,13 +65,9 @@ impl TestServer {
                 let name = format!("starling_t_{}", rand_suffix());
                 let admin = pg_admin_url();
                 sqlx::any::install_default_drivers();
-                let pool = sqlx::AnyPool::connect(&admin)
-                    .await
-                    .expect("PostgreSQL must be running for the postgres tests (STARLING_TEST_PG)");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
+                let pool =
+                    sqlx::AnyPool::connect(&admin).await.expect("PostgreSQL must be running for the postgres tests (STARLING_TEST_PG)");
+                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
                 pool.close().await;
                 let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
                 (format!("{base}/{name}"), Some(name))
@@ -84,9 +79,7 @@ impl TestServer {
         ))
         .unwrap();
         tweak(&mut config);
-        let running = starling::server::start(config.clone())
-            .await
-            .expect("server starts");
+        let running = starling::server::start(config.clone()).await.expect("server starts");
         let storage = running.server.storage.clone();
         TestServer {
             c2s: running.c2s_addrs[0],
@@ -102,11 +95,7 @@ impl TestServer {
 
     pub async fn add_user(&self, user: &str, password: &str) {
         let creds = Credentials::new(password, 4096);
-        assert!(self
-            .storage
-            .create_user("localhost", user, &creds)
-            .await
-            .unwrap());
+        assert!(self.storage.create_user("localhost", user, &creds).await.unwrap());
     }
 
     /// Stop the server (clean shutdown) and drop its database.
@@ -120,9 +109,7 @@ impl TestServer {
     async fn cleanup(&mut self) {
         if let Some(name) = self.pg_db.take() {
             if let Ok(pool) = sqlx::AnyPool::connect(&pg_admin_url()).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&pool)
-                    .await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&pool).await;
                 pool.close().await;
             }
         }
@@ -135,9 +122,7 @@ impl TestServer {
         c.open("localhost").await;
         c.starttls().await;
         c.open("localhost").await;
-        c.auth_scram(user, password, Hash::Sha256, None)
-            .await
-            .expect("authenticates");
+        c.auth_scram(user, password, Hash::Sha256, None).await.expect("authenticates");
         c.open("localhost").await;
         c.bind(resource).await;
         c
@@ -183,25 +168,33 @@ impl ServerCertVerifier for AcceptAny {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
 
 pub fn tls_connector(alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AcceptAny))
-    .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
     if let Some(a) = alpn {
         cfg.alpn_protocols = vec![a.to_vec()];
     }
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+fn bindings(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    use sha2::Digest;
+    let conn = tls.get_ref().1;
+    let exporter = conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None).ok();
+    let end_point = conn.peer_certificates().and_then(|c| c.first()).map(|c| sha2::Sha256::digest(c.as_ref()).to_vec());
+    (exporter, end_point)
+}
+
+pub fn accept_any() -> Arc<dyn ServerCertVerifier> {
+    Arc::new(AcceptAny)
 }
 
 pub enum ClientTransport {
@@ -223,29 +216,19 @@ impl AsyncRead for ClientTransport {
 }
 
 impl AsyncWrite for ClientTransport {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
         match self.get_mut() {
             ClientTransport::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
             ClientTransport::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             ClientTransport::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
             ClientTransport::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         match self.get_mut() {
             ClientTransport::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             ClientTransport::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
@@ -263,6 +246,8 @@ pub struct Client {
     pub jid: Option<String>,
     /// tls-exporter value of the TLS session (for SCRAM-*-PLUS).
     pub exporter: Option<Vec<u8>>,
+    /// tls-server-end-point value: SHA-256 of the server certificate (ECDSA P-256 / SHA-256).
+    pub end_point: Option<Vec<u8>>,
     next_id: u64,
 }
 
@@ -275,36 +260,25 @@ impl Client {
     /// Direct TLS (XEP-0368) with ALPN `xmpp-client`.
     pub async fn connect_tls(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = tls_connector(Some(b"xmpp-client"))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let tls = tls_connector(Some(b"xmpp-client")).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"xmpp-client"[..]));
-        let exporter = tls
-            .get_ref()
-            .1
-            .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-            .ok();
+        let (exporter, end_point) = bindings(&tls);
         let mut c = Self::from_transport(ClientTransport::Tls(Box::new(tls)));
         c.exporter = exporter;
+        c.end_point = end_point;
         c
     }
 
     fn from_transport(t: ClientTransport) -> Client {
         let (rd, wr) = tokio::io::split(t);
         Client {
-            reader: Some(XmlReader::new(
-                rd,
-                Limits {
-                    max_element_bytes: 16 << 20,
-                    max_depth: 128,
-                },
-            )),
+            reader: Some(XmlReader::new(rd, Limits { max_element_bytes: 16 << 20, max_depth: 128 })),
             writer: Some(wr),
             queue: VecDeque::new(),
             features: None,
             jid: None,
             exporter: None,
+            end_point: None,
             next_id: 0,
         }
     }
@@ -359,12 +333,7 @@ impl Client {
         if let Some(e) = self.queue.pop_front() {
             panic!("unexpected element: {e}");
         }
-        if let Ok(ev) = tokio::time::timeout(
-            Duration::from_millis(ms),
-            self.reader.as_mut().unwrap().next(),
-        )
-        .await
-        {
+        if let Ok(ev) = tokio::time::timeout(Duration::from_millis(ms), self.reader.as_mut().unwrap().next()).await {
             panic!("unexpected event: {ev:?}");
         }
     }
@@ -372,12 +341,9 @@ impl Client {
     /// Drop queued elements and whatever arrives within `ms`.
     pub async fn drain(&mut self, ms: u64) {
         self.queue.clear();
-        while let Ok(Ok(XmlEvent::Element(_))) = tokio::time::timeout(
-            Duration::from_millis(ms),
-            self.reader.as_mut().unwrap().next(),
-        )
-        .await
-        {}
+        while let Ok(Ok(XmlEvent::Element(_))) = tokio::time::timeout(Duration::from_millis(ms), self.reader.as_mut().unwrap().next()).await
+        {
+        }
     }
 
     /// Open a stream; returns the features.
@@ -399,11 +365,8 @@ impl Client {
             match self.event().await {
                 Ok(XmlEvent::StreamOpen(_)) => continue,
                 Ok(XmlEvent::Element(e)) if e.is("error", ns::STREAM) => {
-                    let cond = e
-                        .elements()
-                        .find(|c| c.ns == ns::STREAM_ERRORS && c.name != "text")
-                        .map(|c| c.name.clone())
-                        .unwrap_or_default();
+                    let cond =
+                        e.elements().find(|c| c.ns == ns::STREAM_ERRORS && c.name != "text").map(|c| c.name.clone()).unwrap_or_default();
                     match self.event().await {
                         Ok(XmlEvent::StreamClose) | Err(_) => {}
                         other => panic!("stream not closed after the error: {other:?}"),
@@ -417,32 +380,16 @@ impl Client {
     }
 
     pub async fn starttls(&mut self) {
-        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-            .await;
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
         let p = self.recv().await;
         assert!(p.is("proceed", ns::TLS), "{p}");
         let rd = self.reader.take().unwrap().into_inner().unwrap();
         let t = rd.unsplit(self.writer.take().unwrap());
-        let ClientTransport::Plain(tcp) = t else {
-            panic!("already TLS")
-        };
-        let tls = tls_connector(None)
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        self.exporter = tls
-            .get_ref()
-            .1
-            .export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-            .ok();
+        let ClientTransport::Plain(tcp) = t else { panic!("already TLS") };
+        let tls = tls_connector(None).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        (self.exporter, self.end_point) = bindings(&tls);
         let (rd, wr) = tokio::io::split(ClientTransport::Tls(Box::new(tls)));
-        self.reader = Some(XmlReader::new(
-            rd,
-            Limits {
-                max_element_bytes: 16 << 20,
-                max_depth: 128,
-            },
-        ));
+        self.reader = Some(XmlReader::new(rd, Limits { max_element_bytes: 16 << 20, max_depth: 128 }));
         self.writer = Some(wr);
     }
 
@@ -455,16 +402,13 @@ impl Client {
     }
 
     /// SCRAM exchange; `Err(condition)` on failure. `plus`: channel-binding type to use.
-    pub async fn auth_scram(
-        &mut self,
-        user: &str,
-        password: &str,
-        hash: Hash,
-        plus: Option<&str>,
-    ) -> Result<(), String> {
+    pub async fn auth_scram(&mut self, user: &str, password: &str, hash: Hash, plus: Option<&str>) -> Result<(), String> {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;
-        let cb = plus.map(|t| (t, self.exporter.clone().unwrap_or_default()));
+        let cb = plus.map(|t| {
+            let data = if t == "tls-server-end-point" { self.end_point.clone() } else { self.exporter.clone() };
+            (t, data.unwrap_or_default())
+        });
         let mech = match (hash, plus.is_some()) {
             (Hash::Sha1, false) => "SCRAM-SHA-1",
             (Hash::Sha256, false) => "SCRAM-SHA-256",
@@ -472,36 +416,20 @@ impl Client {
             (Hash::Sha256, true) => "SCRAM-SHA-256-PLUS",
         };
         let (mut sc, first) = ScramClient::new(hash, user, password, cb);
-        self.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>",
-            b64.encode(first)
-        ))
-        .await;
+        self.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>", b64.encode(first))).await;
         let ch = self.recv().await;
         if ch.is("failure", ns::SASL) {
-            return Err(ch
-                .elements()
-                .next()
-                .map(|e| e.name.clone())
-                .unwrap_or_default());
+            return Err(ch.elements().next().map(|e| e.name.clone()).unwrap_or_default());
         }
         assert!(ch.is("challenge", ns::SASL), "{ch}");
         let sf = String::from_utf8(b64.decode(ch.text_content()).unwrap()).unwrap();
         let Some(fin) = sc.client_final(&sf) else {
             return Err("bad server-first".into());
         };
-        self.send(&format!(
-            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-            b64.encode(fin)
-        ))
-        .await;
+        self.send(&format!("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>", b64.encode(fin))).await;
         let r = self.recv().await;
         if r.is("failure", ns::SASL) {
-            return Err(r
-                .elements()
-                .next()
-                .map(|e| e.name.clone())
-                .unwrap_or_default());
+            return Err(r.elements().next().map(|e| e.name.clone()).unwrap_or_default());
         }
         assert!(r.is("success", ns::SASL), "{r}");
         let v = String::from_utf8(b64.decode(r.text_content()).unwrap()).unwrap();
@@ -513,19 +441,11 @@ impl Client {
 
     pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<(), String> {
         use base64::Engine;
-        let data =
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        self.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{data}</auth>"
-        ))
-        .await;
+        let data = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{data}</auth>")).await;
         let r = self.recv().await;
         if r.is("failure", ns::SASL) {
-            return Err(r
-                .elements()
-                .next()
-                .map(|e| e.name.clone())
-                .unwrap_or_default());
+            return Err(r.elements().next().map(|e| e.name.clone()).unwrap_or_default());
         }
         assert!(r.is("success", ns::SASL), "{r}");
         let rd = self.reader.take().unwrap();
@@ -534,19 +454,10 @@ impl Client {
     }
 
     pub async fn bind(&mut self, resource: &str) -> String {
-        let res = if resource.is_empty() {
-            String::new()
-        } else {
-            format!("<resource>{resource}</resource>")
-        };
+        let res = if resource.is_empty() { String::new() } else { format!("<resource>{resource}</resource>") };
         let r = self.iq(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>")).await;
         assert_eq!(r.get_attr("type"), Some("result"), "{r}");
-        let jid = r
-            .find("bind", ns::BIND)
-            .unwrap()
-            .find("jid", ns::BIND)
-            .unwrap()
-            .text_content();
+        let jid = r.find("bind", ns::BIND).unwrap().find("jid", ns::BIND).unwrap().text_content();
         self.jid = Some(jid.clone());
         jid
     }
@@ -562,9 +473,7 @@ impl Client {
         let id = el.get_attr("id").expect("iq needs an id").to_string();
         self.send(xml).await;
         self.recv_where(|e| {
-            e.name == "iq"
-                && e.get_attr("id") == Some(id.as_str())
-                && matches!(e.get_attr("type"), Some("result") | Some("error"))
+            e.name == "iq" && e.get_attr("id") == Some(id.as_str()) && matches!(e.get_attr("type"), Some("result") | Some("error"))
         })
         .await
     }
@@ -584,13 +493,7 @@ impl Client {
 /// Parse an XML fragment (test helper).
 pub fn parse(xml: &str) -> Element {
     let doc = format!("<s xmlns='jabber:client'>{xml}</s>");
-    let mut r = XmlReader::new(
-        doc.as_bytes(),
-        Limits {
-            max_element_bytes: 1 << 20,
-            max_depth: 64,
-        },
-    );
+    let mut r = XmlReader::new(doc.as_bytes(), Limits { max_element_bytes: 1 << 20, max_depth: 64 });
     let fut = async move {
         match r.next().await {
             Ok(XmlEvent::StreamOpen(_)) => {}
@@ -617,11 +520,8 @@ fn block_on_ready<F: std::future::Future>(fut: F) -> F::Output {
 }
 
 pub fn error_condition(e: &Element) -> Option<String> {
-    e.find("error", ns::CLIENT).and_then(|err| {
-        err.elements()
-            .find(|c| c.ns == ns::STANZA_ERRORS && c.name != "text")
-            .map(|c| c.name.clone())
-    })
+    e.find("error", ns::CLIENT)
+        .and_then(|err| err.elements().find(|c| c.ns == ns::STANZA_ERRORS && c.name != "text").map(|c| c.name.clone()))
 }
 
 /// Run a test body once on SQLite and once on PostgreSQL.

@@ -1,4 +1,5 @@
 //! One integration-test binary: a real server in-process, spoken to over TCP and TLS.
 
+mod binary;
 mod common;
 mod core;
