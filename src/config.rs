@@ -24,7 +24,33 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub archive: ArchiveConfig,
+    #[serde(default)]
+    pub offline: OfflineConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Archive one-to-one messages (XEP-0313).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Delete archived messages older than this many days; 0 keeps them forever.
+    #[serde(default)]
+    pub retention_days: u32,
+    /// Default preference for accounts that set none: always, never or roster.
+    #[serde(default = "default_archive_mode")]
+    pub default_mode: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineConfig {
+    /// Messages kept per account while it is offline (XEP-0160); more are refused.
+    #[serde(default = "default_offline_quota")]
+    pub max_per_account: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -192,6 +218,12 @@ fn default_free_failures() -> u32 {
 fn default_max_delay() -> u64 {
     30
 }
+fn default_archive_mode() -> String {
+    "always".into()
+}
+fn default_offline_quota() -> usize {
+    1000
+}
 fn default_level() -> String {
     "info".into()
 }
@@ -205,7 +237,19 @@ macro_rules! default_from_serde {
         }
     )*};
 }
-default_from_serde!(Config, ServerConfig, StorageConfig, TlsConfig, ListenConfig, C2sConfig, LimitsConfig, AuthConfig, LogConfig);
+default_from_serde!(
+    Config,
+    ServerConfig,
+    StorageConfig,
+    TlsConfig,
+    ListenConfig,
+    C2sConfig,
+    LimitsConfig,
+    AuthConfig,
+    ArchiveConfig,
+    OfflineConfig,
+    LogConfig
+);
 
 impl Config {
     /// Read and validate a config file; every problem found is reported.
@@ -264,6 +308,9 @@ impl Config {
         }
         if self.limits.max_depth < 8 {
             errors.push("limits.max_depth: must be at least 8".into());
+        }
+        if !matches!(self.archive.default_mode.as_str(), "always" | "never" | "roster") {
+            errors.push("archive.default_mode: must be always, never or roster".into());
         }
         if self.c2s.mailbox_size == 0 {
             errors.push("c2s.mailbox_size: must be positive".into());

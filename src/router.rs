@@ -154,8 +154,11 @@ async fn to_local(server: &Server, stanza: Stanza, bare: BareJid, full: Option<F
             return;
         }
     }
-    // A resource that is bound gets full-JID stanzas directly, whatever their kind, except
-    // subscription management, which is always about the bare JID (RFC 6121 section 3).
+    if stanza.kind == Kind::Message {
+        return message_in(server, stanza, bare, full).await;
+    }
+    // A resource that is bound gets full-JID stanzas directly, except subscription management,
+    // which is always about the bare JID (RFC 6121 section 3).
     if let Some(full) = &full {
         let is_sub = stanza.kind == Kind::Presence && stanza.typ().is_some_and(crate::stanza::is_subscription_type);
         if !is_sub {
@@ -176,36 +179,60 @@ async fn to_local(server: &Server, stanza: Stanza, bare: BareJid, full: Option<F
             modules::handle_iq(server, stanza, modules::IqTarget::Account(bare)).await
         }
         Kind::Presence => modules::presence::inbound(server, stanza, bare, full.is_some()).await,
-        Kind::Message => message_to_bare(server, stanza, bare, full.is_some()).await,
+        Kind::Message => {}
     }
 }
 
-/// RFC 6121 section 8.5.2 (bare JID) and 8.5.3.2 (full JID, resource not online).
-async fn message_to_bare(server: &Server, stanza: Stanza, bare: BareJid, was_full: bool) {
-    let typ = stanza.typ().unwrap_or("normal");
-    match typ {
-        "error" => return,
-        "groupchat" => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
-        "headline" if was_full => return,
-        _ => {}
-    }
-    let targets = server.sessions.sessions(&bare, |s| s.available && s.priority >= 0);
-    if !targets.is_empty() {
-        let out = Outgoing::new(stanza.el);
-        for s in &targets {
-            server.sessions.send(s, Deliver::Stanza(out.clone()));
+/// A message for a local account: RFC 6121 section 8.5.2 (bare JID) and 8.5.3 (full JID).
+/// Once accepted for the account it is archived (stamped with the account's stanza-id), then
+/// delivered with carbons, or kept offline.
+async fn message_in(server: &Server, mut stanza: Stanza, bare: BareJid, full: Option<FullJid>) {
+    let typ = stanza.typ().unwrap_or("normal").to_string();
+    let direct = full.as_ref().and_then(|f| server.sessions.get(f));
+    let targets = match direct {
+        Some(s) => vec![s],
+        None => {
+            match typ.as_str() {
+                "error" => return,
+                "groupchat" => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
+                "headline" if full.is_some() => return,
+                _ => {}
+            }
+            server.sessions.sessions(&bare, |s| s.available && s.priority >= 0)
         }
-        return;
+    };
+    if targets.is_empty() {
+        if typ == "headline" {
+            return;
+        }
+        match server.storage.user_exists(bare.domain().as_str(), jid::node_str(&bare)).await {
+            Ok(true) => {}
+            Ok(false) => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
+            Err(e) => {
+                tracing::error!(error = %e, "checking account");
+                return bounce(server, &stanza, Condition::InternalServerError).await;
+            }
+        }
     }
-    if typ == "headline" {
-        return;
-    }
-    match server.storage.user_exists(bare.domain().as_str(), jid::node_str(&bare)).await {
-        Ok(true) => modules::offline_message(server, stanza, bare).await,
-        Ok(false) => bounce(server, &stanza, Condition::ServiceUnavailable).await,
+    modules::mam::strip_forged_ids(&mut stanza.el, bare.as_str());
+    let peer = stanza.from.clone().unwrap_or_else(|| Jid::from(bare.clone()));
+    let sid = match modules::mam::archive(server, &bare, &peer, false, &mut stanza.el, true).await {
+        Ok(sid) => sid,
         Err(e) => {
-            tracing::error!(error = %e, "checking account");
-            bounce(server, &stanza, Condition::InternalServerError).await
+            tracing::error!(error = ?e, "archiving an incoming message");
+            None
         }
+    };
+    if targets.is_empty() {
+        if let Err(e) = modules::offline::store(server, &bare, stanza.el.clone(), sid.as_deref()).await {
+            bounce(server, &stanza, e).await;
+        }
+        return;
+    }
+    let delivered: Vec<FullJid> = targets.iter().map(|s| s.jid.clone()).collect();
+    modules::carbons::received(server, &bare, &stanza.el, &delivered);
+    let out = Outgoing::new(stanza.el);
+    for s in &targets {
+        server.sessions.send(s, Deliver::Stanza(out.clone()));
     }
 }

@@ -79,6 +79,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         iq_handlers,
     });
+    tokio::spawn(crate::modules::mam::retention_task(server.clone()));
     let (alive_tx, alive_rx) = mpsc::channel(1);
     let limit = Arc::new(Semaphore::new(server.config.c2s.max_connections));
     let mut c2s_addrs = Vec::new();

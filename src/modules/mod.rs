@@ -3,8 +3,11 @@
 //! feature index: disco replies and the README's specification table are generated from it.
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod last;
+pub mod mam;
+pub mod offline;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -139,6 +142,9 @@ pub const MODULES: &[&Module] = &[
     &private::MODULE,
     &blocking::MODULE,
     &last::MODULE,
+    &offline::MODULE,
+    &mam::MODULE,
+    &carbons::MODULE,
 ];
 
 /// Find the handler for a payload namespace (the table is built once at start-up).
@@ -171,13 +177,6 @@ pub async fn handle_iq(server: &Server, stanza: Stanza, target: IqTarget) {
             router::route(server, s).await;
         }
     }
-}
-
-/// A chat or normal message for an existing account with no available resource. RFC 6121
-/// section 8.5.2.2.1 allows storing it or answering `service-unavailable`; without offline
-/// storage configured the sender is told.
-pub async fn offline_message(server: &Server, stanza: Stanza, _owner: BareJid) {
-    router::bounce(server, &stanza, Condition::ServiceUnavailable).await;
 }
 
 /// Markdown table of the implemented specifications (the README's table).

@@ -123,6 +123,7 @@ impl SessionPresence {
             }
             Err(e) => tracing::error!(error = %e, "loading subscription requests"),
         }
+        super::offline::deliver(server, me).await;
     }
 
     /// The session becomes unavailable, by presence or because its stream ended.

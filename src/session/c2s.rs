@@ -510,6 +510,7 @@ impl Negotiation {
             presence: None,
             roster_requested: false,
             blocklist_requested: false,
+            carbons: false,
         };
         if let Some(old) = server.sessions.bind(entry, blocked) {
             // RFC 6120 section 7.7.2.2: the new login wins, the old stream gets <conflict/>.
@@ -714,9 +715,18 @@ impl Bound {
                 }
             }
             Kind::Message => {
+                let own = self.jid.to_bare();
                 if st.to.is_none() {
-                    st.set_to(Jid::from(self.jid.to_bare()));
+                    st.set_to(Jid::from(own.clone()));
                 }
+                // The sender's copy: archived (no stanza-id on the routed stanza), carbon-copied.
+                modules::mam::strip_forged_ids(&mut st.el, own.as_str());
+                if let Some(peer) = st.to.clone().filter(|p| p.to_bare() != own) {
+                    if let Err(e) = modules::mam::archive(&server, &own, &peer, true, &mut st.el, false).await {
+                        tracing::error!(error = ?e, "archiving an outgoing message");
+                    }
+                }
+                modules::carbons::sent(&server, &self.jid, &st.el);
                 router::route(&server, st).await;
             }
         }

@@ -57,6 +57,8 @@ pub struct SessionEntry {
     pub roster_requested: bool,
     /// Has fetched the block list, so gets block pushes (XEP-0191 section 3.3).
     pub blocklist_requested: bool,
+    /// Message Carbons enabled (XEP-0280).
+    pub carbons: bool,
 }
 
 /// Per-account state shared by its resources.

@@ -3,6 +3,7 @@
 //! applied at start-up. One file per table group.
 
 pub mod account;
+pub mod archive;
 pub mod roster;
 pub mod users;
 
@@ -28,8 +29,10 @@ pub enum Backend {
 }
 
 /// Migrations per engine, in order. Each file is applied once, inside a transaction.
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../schema/sqlite/0001_core.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../schema/postgres/0001_core.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../schema/sqlite/0001_core.sql")), (2, include_str!("../../schema/sqlite/0002_archive.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../../schema/postgres/0001_core.sql")), (2, include_str!("../../schema/postgres/0002_archive.sql"))];
 
 #[derive(Clone)]
 pub struct Storage {

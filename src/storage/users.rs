@@ -6,8 +6,18 @@ use super::{now_secs, Result, Storage};
 use crate::sasl::credentials::{b64, unb64, Credentials, ScramKeys};
 
 /// Every table holding per-account data, keyed by the account's bare JID (`owner`).
-const ACCOUNT_TABLES: &[&str] =
-    &["roster_items", "roster_versions", "subscription_requests", "vcards", "private_storage", "blocked_jids", "last_activity"];
+const ACCOUNT_TABLES: &[&str] = &[
+    "roster_items",
+    "roster_versions",
+    "subscription_requests",
+    "vcards",
+    "private_storage",
+    "blocked_jids",
+    "last_activity",
+    "archive",
+    "archive_prefs",
+    "offline_messages",
+];
 
 impl Storage {
     /// Create an account; `false` if it already exists.

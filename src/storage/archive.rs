@@ -1,0 +1,212 @@
+//! The message archive (XEP-0313), archiving preferences, and offline messages (XEP-0160).
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{Result, Storage};
+
+/// One archived message, as stored.
+#[derive(Debug, Clone)]
+pub struct ArchivedRow {
+    /// Row id: the archive's order.
+    pub id: i64,
+    pub stanza_id: String,
+    /// Microseconds since the epoch, server time.
+    pub ts: i64,
+    pub xml: String,
+}
+
+pub struct NewArchived<'a> {
+    pub owner: &'a str,
+    pub stanza_id: &'a str,
+    pub peer: &'a str,
+    pub peer_full: &'a str,
+    pub outgoing: bool,
+    pub ts: i64,
+    pub origin_id: Option<&'a str>,
+    pub xml: &'a str,
+}
+
+/// Filters and paging of an archive query, already resolved to row ids.
+#[derive(Debug, Clone, Default)]
+pub struct ArchiveFilter {
+    pub owner: String,
+    /// Bare JID of the peer, and the full JID when the query named one.
+    pub with: Option<(String, Option<String>)>,
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    /// Only rows with id greater than this.
+    pub after: Option<i64>,
+    /// Only rows with id smaller than this.
+    pub before: Option<i64>,
+    pub ids: Vec<String>,
+    /// Newest first (for `<before/>` paging).
+    pub backward: bool,
+    pub limit: usize,
+}
+
+enum Param {
+    I(i64),
+    S(String),
+}
+
+fn row(r: &AnyRow) -> ArchivedRow {
+    ArchivedRow { id: r.get(0), stanza_id: r.get(1), ts: r.get(2), xml: r.get(3) }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefs {
+    pub default_mode: String,
+    pub always: Vec<String>,
+    pub never: Vec<String>,
+}
+
+impl Storage {
+    pub async fn archive_insert(&self, m: &NewArchived<'_>) -> Result<i64> {
+        let r = sqlx::query(
+            "INSERT INTO archive (owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        )
+        .bind(m.owner)
+        .bind(m.stanza_id)
+        .bind(m.peer)
+        .bind(m.peer_full)
+        .bind(m.outgoing as i64)
+        .bind(m.ts)
+        .bind(m.origin_id.map(String::from))
+        .bind(m.xml)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(r.get(0))
+    }
+
+    /// Row id of an archived stanza id.
+    pub async fn archive_row_id(&self, owner: &str, stanza_id: &str) -> Result<Option<i64>> {
+        let r = sqlx::query("SELECT id FROM archive WHERE owner = $1 AND stanza_id = $2")
+            .bind(owner)
+            .bind(stanza_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| r.get(0)))
+    }
+
+    /// Rows matching the filter, in the query's direction, at most `limit`.
+    pub async fn archive_query(&self, f: &ArchiveFilter) -> Result<Vec<ArchivedRow>> {
+        let mut sql = String::from("SELECT id, stanza_id, ts, xml FROM archive WHERE owner = $1");
+        let mut params = vec![Param::S(f.owner.clone())];
+        let mut add = |sql: &mut String, cond: &str, p: Param| {
+            params.push(p);
+            sql.push_str(&cond.replace('?', &format!("${}", params.len())));
+        };
+        if let Some((bare, full)) = &f.with {
+            add(&mut sql, " AND peer = ?", Param::S(bare.clone()));
+            if let Some(full) = full {
+                add(&mut sql, " AND peer_full = ?", Param::S(full.clone()));
+            }
+        }
+        if let Some(s) = f.start {
+            add(&mut sql, " AND ts >= ?", Param::I(s));
+        }
+        if let Some(e) = f.end {
+            add(&mut sql, " AND ts <= ?", Param::I(e));
+        }
+        if let Some(a) = f.after {
+            add(&mut sql, " AND id > ?", Param::I(a));
+        }
+        if let Some(b) = f.before {
+            add(&mut sql, " AND id < ?", Param::I(b));
+        }
+        if !f.ids.is_empty() {
+            sql.push_str(" AND stanza_id IN (");
+            for (i, id) in f.ids.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                add(&mut sql, "?", Param::S(id.clone()));
+            }
+            sql.push(')');
+        }
+        sql.push_str(if f.backward { " ORDER BY id DESC" } else { " ORDER BY id ASC" });
+        sql.push_str(&format!(" LIMIT {}", f.limit));
+        let mut q = sqlx::query(&sql);
+        for p in params {
+            q = match p {
+                Param::I(i) => q.bind(i),
+                Param::S(s) => q.bind(s),
+            };
+        }
+        Ok(q.fetch_all(&self.pool).await?.iter().map(row).collect())
+    }
+
+    /// First and last archived rows (XEP-0313 metadata).
+    pub async fn archive_bounds(&self, owner: &str) -> Result<Option<(ArchivedRow, ArchivedRow)>> {
+        let first = sqlx::query("SELECT id, stanza_id, ts, xml FROM archive WHERE owner = $1 ORDER BY id ASC LIMIT 1")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        let last = sqlx::query("SELECT id, stanza_id, ts, xml FROM archive WHERE owner = $1 ORDER BY id DESC LIMIT 1")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match (first, last) {
+            (Some(f), Some(l)) => Some((row(&f), row(&l))),
+            _ => None,
+        })
+    }
+
+    /// Retention: drop archived messages older than `ts` (microseconds).
+    pub async fn archive_expire(&self, ts: i64) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM archive WHERE ts < $1").bind(ts).execute(&self.pool).await?.rows_affected())
+    }
+
+    pub async fn archive_prefs(&self, owner: &str) -> Result<Option<Prefs>> {
+        let r = sqlx::query("SELECT default_mode, always_jids, never_jids FROM archive_prefs WHERE owner = $1")
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        let split = |s: String| s.split('\n').filter(|x| !x.is_empty()).map(String::from).collect();
+        Ok(r.map(|r| Prefs { default_mode: r.get(0), always: split(r.get(1)), never: split(r.get(2)) }))
+    }
+
+    pub async fn set_archive_prefs(&self, owner: &str, p: &Prefs) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO archive_prefs (owner, default_mode, always_jids, never_jids) VALUES ($1, $2, $3, $4) ON CONFLICT (owner) DO UPDATE SET \
+             default_mode = excluded.default_mode, always_jids = excluded.always_jids, never_jids = excluded.never_jids",
+        )
+        .bind(owner)
+        .bind(&p.default_mode)
+        .bind(p.always.join("\n"))
+        .bind(p.never.join("\n"))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn offline_insert(&self, owner: &str, stanza_id: &str, ts: i64, xml: &str) -> Result<()> {
+        sqlx::query("INSERT INTO offline_messages (owner, stanza_id, ts, xml) VALUES ($1, $2, $3, $4)")
+            .bind(owner)
+            .bind(stanza_id)
+            .bind(ts)
+            .bind(xml)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn offline_count(&self, owner: &str) -> Result<usize> {
+        let r = sqlx::query("SELECT COUNT(*) FROM offline_messages WHERE owner = $1").bind(owner).fetch_one(&self.pool).await?;
+        Ok(r.get::<i64, _>(0) as usize)
+    }
+
+    /// Offline messages in arrival order: (row id, ts, xml).
+    pub async fn offline_messages(&self, owner: &str) -> Result<Vec<(i64, i64, String)>> {
+        let rows =
+            sqlx::query("SELECT id, ts, xml FROM offline_messages WHERE owner = $1 ORDER BY id").bind(owner).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Forget delivered offline messages, up to and including row `max_id`.
+    pub async fn offline_delete_upto(&self, owner: &str, max_id: i64) -> Result<()> {
+        sqlx::query("DELETE FROM offline_messages WHERE owner = $1 AND id <= $2").bind(owner).bind(max_id).execute(&self.pool).await?;
+        Ok(())
+    }
+}

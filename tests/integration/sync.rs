@@ -1,0 +1,293 @@
+//! Durable messaging: offline storage (XEP-0160), the archive (XEP-0313 with RSM), stable
+//! stanza ids (XEP-0359) and carbons (XEP-0280).
+
+use starling::xml::{ns, Element};
+
+use crate::common::{error_condition, Client, Db, TestServer};
+
+const MAM: &str = "urn:xmpp:mam:2";
+const SID: &str = "urn:xmpp:sid:0";
+const RSM: &str = "http://jabber.org/protocol/rsm";
+const CARBONS: &str = "urn:xmpp:carbons:2";
+const FWD: &str = "urn:xmpp:forward:0";
+
+fn body(m: &Element) -> String {
+    m.find("body", ns::CLIENT).map(|b| b.text_content()).unwrap_or_default()
+}
+
+fn stanza_id(m: &Element, by: &str) -> Option<String> {
+    m.elements().find(|e| e.is("stanza-id", SID) && e.get_attr("by") == Some(by)).and_then(|e| e.get_attr("id")).map(String::from)
+}
+
+/// Run a MAM query; returns (forwarded messages with their archive ids, fin element).
+async fn mam(c: &mut Client, form: &str, rsm: &str, extra: &str) -> (Vec<(String, Element)>, Element) {
+    let qid = c.id();
+    let x = if form.is_empty() {
+        String::new()
+    } else {
+        format!("<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field>{form}</x>")
+    };
+    let set = if rsm.is_empty() { String::new() } else { format!("<set xmlns='{RSM}'>{rsm}</set>") };
+    c.send(&format!("<iq type='set' id='{qid}'><query xmlns='{MAM}' queryid='{qid}'>{x}{set}{extra}</query></iq>")).await;
+    let mut results = Vec::new();
+    loop {
+        let e = c
+            .recv_where(|e| {
+                (e.name == "message" && e.find("result", MAM).is_some()) || (e.name == "iq" && e.get_attr("id") == Some(qid.as_str()))
+            })
+            .await;
+        if e.name == "iq" {
+            if e.get_attr("type") == Some("error") {
+                return (results, e);
+            }
+            return (results, e.find("fin", MAM).cloned().expect("fin"));
+        }
+        let r = e.find("result", MAM).unwrap();
+        assert_eq!(r.get_attr("queryid"), Some(qid.as_str()));
+        let fwd = r.find("forwarded", FWD).unwrap();
+        assert!(fwd.find("delay", ns::DELAY).and_then(|d| d.get_attr("stamp")).is_some());
+        results.push((r.get_attr("id").unwrap().to_string(), fwd.find("message", ns::CLIENT).unwrap().clone()));
+    }
+}
+
+fn bodies(r: &[(String, Element)]) -> Vec<String> {
+    r.iter().map(|(_, m)| body(m)).collect()
+}
+
+async fn offline_messages_are_delivered_with_delay_and_the_archive_id(db: Db) {
+    let s = TestServer::start(db).await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut a = s.online("alice", "pw", "a").await;
+    for i in 0..3 {
+        a.send(&format!(
+            "<message to='bob@localhost' type='chat' id='m{i}'><body>hello {i}</body><origin-id xmlns='{SID}' id='o{i}'/></message>"
+        ))
+        .await;
+    }
+    // A chat state alone is not kept; a forged stanza-id is removed.
+    a.send("<message to='bob@localhost' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+    a.send(&format!(
+        "<message to='bob@localhost' type='chat'><body>forged</body><stanza-id xmlns='{SID}' by='bob@localhost' id='fake'/></message>"
+    ))
+    .await;
+    a.expect_silence(300).await; // no error comes back: the messages were accepted
+    let mut b = s.login("bob", "pw", "phone").await;
+    b.send("<presence/>").await;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let m = b.recv_where(|e| e.name == "message").await;
+        assert!(m.find("delay", ns::DELAY).is_some(), "delay stamp: {m}");
+        got.push(m);
+    }
+    assert_eq!(got.iter().map(body).collect::<Vec<_>>(), vec!["hello 0", "hello 1", "hello 2", "forged"]);
+    assert_ne!(stanza_id(&got[3], "bob@localhost").as_deref(), Some("fake"));
+    assert_eq!(got[3].elements().filter(|e| e.is("stanza-id", SID)).count(), 1);
+    // The same ids are in the archive.
+    let (res, fin) = mam(&mut b, "", "", "").await;
+    assert_eq!(fin.get_attr("complete"), Some("true"));
+    assert_eq!(bodies(&res), vec!["hello 0", "hello 1", "hello 2", "forged"]);
+    for (m, (id, _)) in got.iter().zip(&res) {
+        assert_eq!(stanza_id(m, "bob@localhost").as_deref(), Some(id.as_str()));
+    }
+    // Delivered once: a new resource gets nothing more from the offline store.
+    let mut b2 = s.online("bob", "pw", "desk").await;
+    b2.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some("bob@localhost/phone")).await;
+    b2.expect_silence(300).await;
+    s.stop().await;
+}
+
+async fn offline_quota(db: Db) {
+    let s = TestServer::start_with(db, |c| c.offline.max_per_account = 2).await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut a = s.online("alice", "pw", "a").await;
+    for i in 0..3 {
+        a.send(&format!("<message to='bob@localhost' type='chat' id='q{i}'><body>{i}</body></message>")).await;
+    }
+    let e = a.recv_where(|e| e.name == "message" && e.get_attr("type") == Some("error")).await;
+    assert_eq!(e.get_attr("id"), Some("q2"));
+    assert_eq!(error_condition(&e).as_deref(), Some("service-unavailable"));
+    s.stop().await;
+}
+
+async fn archive_paging_filters_and_metadata(db: Db) {
+    let s = TestServer::start(db).await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    s.add_user("carol", "pw").await;
+    let mut a = s.online("alice", "pw", "a").await;
+    let mut b = s.online("bob", "pw", "b").await;
+    let mut c = s.online("carol", "pw", "c").await;
+    for i in 0..10 {
+        a.send(&format!("<message to='bob@localhost/b' type='chat'><body>m{i}</body></message>")).await;
+        b.recv_where(|e| e.name == "message").await;
+    }
+    c.send("<message to='bob@localhost' type='chat'><body>from carol</body></message>").await;
+    b.recv_where(|e| e.name == "message").await;
+    let (all, fin) = mam(&mut b, "", "", "").await;
+    assert_eq!(all.len(), 11);
+    assert_eq!(fin.get_attr("complete"), Some("true"));
+    // Alice archived her sent copies too.
+    let (sent, _) = mam(&mut a, "", "", "").await;
+    assert_eq!(bodies(&sent), (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert_eq!(sent[0].1.get_attr("from"), Some("alice@localhost/a"));
+
+    // Forward paging by RSM after.
+    let (p1, f1) = mam(&mut b, "", "<max>4</max>", "").await;
+    assert_eq!(bodies(&p1), vec!["m0", "m1", "m2", "m3"]);
+    assert_eq!(f1.get_attr("complete"), Some("false"));
+    let set = f1.find("set", RSM).unwrap();
+    assert_eq!(set.find("first", RSM).unwrap().text_content(), p1[0].0);
+    let last = set.find("last", RSM).unwrap().text_content();
+    assert_eq!(last, p1[3].0);
+    let (p2, _) = mam(&mut b, "", &format!("<max>4</max><after>{last}</after>"), "").await;
+    assert_eq!(bodies(&p2), vec!["m4", "m5", "m6", "m7"]);
+    let (p3, f3) = mam(&mut b, "", &format!("<max>4</max><after>{}</after>", p2[3].0), "").await;
+    assert_eq!(bodies(&p3), vec!["m8", "m9", "from carol"]);
+    assert_eq!(f3.get_attr("complete"), Some("true"));
+
+    // Backward paging: the last page, then the one before, chronological inside a page.
+    let (l1, lf1) = mam(&mut b, "", "<max>3</max><before/>", "").await;
+    assert_eq!(bodies(&l1), vec!["m8", "m9", "from carol"]);
+    assert_eq!(lf1.get_attr("complete"), Some("false"));
+    let (l2, _) = mam(&mut b, "", &format!("<max>3</max><before>{}</before>", l1[0].0), "").await;
+    assert_eq!(bodies(&l2), vec!["m5", "m6", "m7"]);
+    let (fl, _) = mam(&mut b, "", "<max>3</max><before/>", "<flip-page/>").await;
+    assert_eq!(bodies(&fl), vec!["from carol", "m9", "m8"]);
+    let (first_page, ff) = mam(&mut b, "", &format!("<max>5</max><before>{}</before>", all[3].0), "").await;
+    assert_eq!(bodies(&first_page), vec!["m0", "m1", "m2"]);
+    assert_eq!(ff.get_attr("complete"), Some("true"));
+
+    // Filters.
+    let (w, _) = mam(&mut b, "<field var='with'><value>carol@localhost</value></field>", "", "").await;
+    assert_eq!(bodies(&w), vec!["from carol"]);
+    let (w, _) = mam(&mut b, "<field var='with'><value>alice@localhost/a</value></field>", "<max>2</max>", "").await;
+    assert_eq!(bodies(&w), vec!["m0", "m1"]);
+    let (w, _) = mam(&mut b, "<field var='with'><value>alice@localhost/other</value></field>", "", "").await;
+    assert!(w.is_empty());
+    let (w, _) = mam(&mut b, &format!("<field var='after-id'><value>{}</value></field>", all[8].0), "", "").await;
+    assert_eq!(bodies(&w), vec!["m9", "from carol"]);
+    let (w, _) = mam(&mut b, &format!("<field var='before-id'><value>{}</value></field>", all[2].0), "", "").await;
+    assert_eq!(bodies(&w), vec!["m0", "m1"]);
+    let (w, _) = mam(&mut b, &format!("<field var='ids'><value>{}</value><value>{}</value></field>", all[1].0, all[5].0), "", "").await;
+    assert_eq!(bodies(&w), vec!["m1", "m5"]);
+    let (w, _) = mam(
+        &mut b,
+        "<field var='start'><value>2000-01-01T00:00:00Z</value></field><field var='end'><value>2001-01-01T00:00:00Z</value></field>",
+        "",
+        "",
+    )
+    .await;
+    assert!(w.is_empty());
+    let (w, _) = mam(&mut b, "<field var='start'><value>2000-01-01T00:00:00Z</value></field>", "<max>1</max>", "").await;
+    assert_eq!(bodies(&w), vec!["m0"]);
+
+    // Errors.
+    let (_, e) = mam(&mut b, "", "<after>no-such-id</after>", "").await;
+    assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"));
+    let (_, e) = mam(&mut b, "<field var='after-id'><value>nope</value></field>", "", "").await;
+    assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"));
+    let (_, e) = mam(&mut b, "<field var='colour'><value>blue</value></field>", "", "").await;
+    assert_eq!(error_condition(&e).as_deref(), Some("feature-not-implemented"));
+    // Another account's archive is not readable.
+    let r = a.iq(&format!("<iq type='set' id='x1' to='bob@localhost'><query xmlns='{MAM}'/></iq>")).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("forbidden"));
+
+    // Metadata and form.
+    let r = b.iq(&format!("<iq type='get' id='md'><metadata xmlns='{MAM}'/></iq>")).await;
+    let md = r.find("metadata", MAM).unwrap();
+    assert_eq!(md.find("start", MAM).unwrap().get_attr("id"), Some(all[0].0.as_str()));
+    assert_eq!(md.find("end", MAM).unwrap().get_attr("id"), Some(all[10].0.as_str()));
+    let r = b.iq(&format!("<iq type='get' id='fm'><query xmlns='{MAM}'/></iq>")).await;
+    assert!(r.find("query", MAM).unwrap().find("x", "jabber:x:data").is_some());
+    s.stop().await;
+}
+
+async fn preferences_and_hints(db: Db) {
+    let s = TestServer::start(db).await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    s.add_user("carol", "pw").await;
+    let mut a = s.online("alice", "pw", "a").await;
+    let mut b = s.online("bob", "pw", "b").await;
+    let mut c = s.online("carol", "pw", "c").await;
+    let r = b
+        .iq(&format!(
+            "<iq type='set' id='p1'><prefs xmlns='{MAM}' default='always'><always/><never><jid>carol@localhost</jid></never></prefs></iq>"
+        ))
+        .await;
+    assert_eq!(r.get_attr("type"), Some("result"), "{r}");
+    let r = b.iq(&format!("<iq type='get' id='p2'><prefs xmlns='{MAM}'/></iq>")).await;
+    let p = r.find("prefs", MAM).unwrap();
+    assert_eq!(p.find("never", MAM).unwrap().elements().next().unwrap().text_content(), "carol@localhost");
+    c.send("<message to='bob@localhost' type='chat'><body>not archived</body></message>").await;
+    a.send("<message to='bob@localhost' type='chat'><body>archived</body></message>").await;
+    a.send("<message to='bob@localhost' type='chat'><body>secret</body><no-store xmlns='urn:xmpp:hints'/></message>").await;
+    a.send("<message to='bob@localhost' type='chat'><received xmlns='urn:xmpp:receipts' id='r1'/></message>").await;
+    a.send("<message to='bob@localhost' type='chat'><displayed xmlns='urn:xmpp:chat-markers:0' id='r1'/></message>").await;
+    a.send("<message to='bob@localhost' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+    for _ in 0..6 {
+        b.recv_where(|e| e.name == "message").await;
+    }
+    let (res, _) = mam(&mut b, "", "", "").await;
+    assert_eq!(res.len(), 3, "body, receipt and marker archived: {:?}", res.iter().map(|r| r.1.to_string()).collect::<Vec<_>>());
+    assert_eq!(body(&res[0].1), "archived");
+    assert!(res[1].1.find("received", "urn:xmpp:receipts").is_some());
+    assert!(res[2].1.find("displayed", "urn:xmpp:chat-markers:0").is_some());
+    let r = b.iq(&format!("<iq type='set' id='p3'><prefs xmlns='{MAM}' default='sometimes'/></iq>")).await;
+    assert_eq!(error_condition(&r).as_deref(), Some("bad-request"));
+    s.stop().await;
+}
+
+async fn carbons_copy_sent_and_received(db: Db) {
+    let s = TestServer::start(db).await;
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut a1 = s.online("alice", "pw", "one").await;
+    let mut a2 = s.online("alice", "pw", "two").await;
+    let mut b = s.online("bob", "pw", "b").await;
+    let r = a1.iq(&format!("<iq type='set' id='c1'><enable xmlns='{CARBONS}'/></iq>")).await;
+    assert_eq!(r.get_attr("type"), Some("result"));
+    a1.drain(200).await;
+    a2.drain(200).await;
+    // Sent from the other resource.
+    a2.send("<message to='bob@localhost' type='chat' id='s1'><body>from two</body></message>").await;
+    b.recv_where(|e| e.name == "message").await;
+    let cc = a1.recv_where(|e| e.name == "message").await;
+    assert_eq!(cc.get_attr("from"), Some("alice@localhost"));
+    let inner = cc.find("sent", CARBONS).unwrap().find("forwarded", FWD).unwrap().find("message", ns::CLIENT).unwrap();
+    assert_eq!(body(inner), "from two");
+    assert_eq!(inner.get_attr("from"), Some("alice@localhost/two"));
+    // Received by the other resource (full JID).
+    b.send("<message to='alice@localhost/two' type='chat'><body>to two</body></message>").await;
+    assert_eq!(body(&a2.recv_where(|e| e.name == "message").await), "to two");
+    let cc = a1.recv_where(|e| e.name == "message").await;
+    let inner = cc.find("received", CARBONS).unwrap().find("forwarded", FWD).unwrap().find("message", ns::CLIENT).unwrap();
+    assert_eq!(body(inner), "to two");
+    assert!(stanza_id(inner, "alice@localhost").is_some(), "carbon carries the archive id");
+    // Private and no-copy: no carbon; a2 without carbons gets no copies of a1's traffic.
+    b.send(&format!("<message to='alice@localhost/two' type='chat'><body>p</body><private xmlns='{CARBONS}'/></message>")).await;
+    b.send("<message to='alice@localhost/two' type='chat'><body>n</body><no-copy xmlns='urn:xmpp:hints'/></message>").await;
+    a2.recv_where(|e| e.name == "message").await;
+    a2.recv_where(|e| e.name == "message").await;
+    a1.send("<message to='bob@localhost' type='chat'><body>from one</body></message>").await;
+    b.recv_where(|e| e.name == "message").await;
+    a1.expect_silence(300).await;
+    a2.expect_silence(100).await;
+    // Disable.
+    let r = a1.iq(&format!("<iq type='set' id='c2'><disable xmlns='{CARBONS}'/></iq>")).await;
+    assert_eq!(r.get_attr("type"), Some("result"));
+    b.send("<message to='alice@localhost/two' type='chat'><body>after</body></message>").await;
+    a2.recv_where(|e| e.name == "message").await;
+    a1.expect_silence(300).await;
+    s.stop().await;
+}
+
+crate::on_both!(
+    offline_messages_are_delivered_with_delay_and_the_archive_id,
+    offline_quota,
+    archive_paging_filters_and_metadata,
+    preferences_and_hints,
+    carbons_copy_sent_and_received,
+);
