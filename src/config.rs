@@ -24,11 +24,25 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub stream_management: StreamManagementConfig,
+    #[serde(default)]
     pub archive: ArchiveConfig,
     #[serde(default)]
     pub offline: OfflineConfig,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamManagementConfig {
+    /// Seconds a session whose connection dropped waits to be resumed (XEP-0198); then its
+    /// unacknowledged messages go to offline storage.
+    #[serde(default = "default_resume_timeout")]
+    pub resume_timeout_secs: u64,
+    /// Unacknowledged stanzas kept per session; a client further behind is disconnected.
+    #[serde(default = "default_max_unacked")]
+    pub max_unacked: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -218,6 +232,12 @@ fn default_free_failures() -> u32 {
 fn default_max_delay() -> u64 {
     30
 }
+fn default_resume_timeout() -> u64 {
+    300
+}
+fn default_max_unacked() -> usize {
+    10_000
+}
 fn default_archive_mode() -> String {
     "always".into()
 }
@@ -246,6 +266,7 @@ default_from_serde!(
     C2sConfig,
     LimitsConfig,
     AuthConfig,
+    StreamManagementConfig,
     ArchiveConfig,
     OfflineConfig,
     LogConfig

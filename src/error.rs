@@ -53,10 +53,18 @@ impl StreamError {
 
     /// `<stream:error>` element (the caller writes it with the `stream` prefix).
     pub fn to_xml(self, text: Option<&str>) -> String {
+        self.to_xml_with(text, None)
+    }
+
+    /// With an application-specific condition element (e.g. XEP-0198 handled-count-too-high).
+    pub fn to_xml_with(self, text: Option<&str>, app: Option<&Element>) -> String {
         let mut s = String::from("<stream:error>");
         Element::new(self.condition(), ns::STREAM_ERRORS).write_to(&mut s, "");
         if let Some(t) = text {
             Element::new("text", ns::STREAM_ERRORS).text(t).write_to(&mut s, "");
+        }
+        if let Some(a) = app {
+            a.write_to(&mut s, "");
         }
         s.push_str("</stream:error>");
         s

@@ -22,6 +22,8 @@ pub struct Server {
     hosts: HashSet<String>,
     pub storage: Storage,
     pub sessions: SessionRegistry,
+    /// Sessions that can be resumed (XEP-0198), by resumption id.
+    pub resumable: crate::session::sm::ResumeTable,
     pub tls: TlsSetup,
     pub throttle: AuthThrottle,
     pub started: Instant,
@@ -74,6 +76,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config,
         storage,
         sessions: SessionRegistry::new(),
+        resumable: Default::default(),
         tls,
         started: Instant::now(),
         shutdown,

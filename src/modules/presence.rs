@@ -70,8 +70,11 @@ impl SessionPresence {
                     s.priority = priority;
                     s.presence = Some(shared);
                 });
-                let others = server.sessions.sessions(&owner, |s| s.available && &s.jid != me);
-                to_sessions(server, &others, &el);
+                // RFC 6121 sections 4.2.2 and 4.4.2: to every available resource of the account,
+                // including the one that sent it.
+                let all = server.sessions.sessions(&owner, |s| s.available);
+                to_sessions(server, &all, &el);
+                let others: Vec<SessionEntry> = all.into_iter().filter(|s| &s.jid != me).collect();
                 for contact in subscribers(server, &owner).await {
                     let mut e = el.clone();
                     e.set_attr("to", contact.to_string());

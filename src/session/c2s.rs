@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::registry::{Deliver, SessionEntry};
+use super::sm::{ResumeRequest, SmState, NS_SM};
 use crate::error::{Condition, StanzaError, StreamError};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::modules::{self, presence::SessionPresence, roster, IqTarget};
@@ -31,8 +32,8 @@ use crate::stream::header;
 use crate::stream::tls::Transport;
 use crate::xml::{ns, Element, Limits, StreamHeader, XmlError, XmlEvent, XmlReader};
 
-type Reader = XmlReader<ReadHalf<Transport>>;
-type Writer = WriteHalf<Transport>;
+pub(crate) type Reader = XmlReader<ReadHalf<Transport>>;
+pub(crate) type Writer = WriteHalf<Transport>;
 
 /// Writes that take longer than this mean the peer stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,6 +73,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
             user: None,
             header_sent: false,
             failures: 0,
+            handed_off: false,
             limits,
             deadline,
         };
@@ -97,6 +99,8 @@ struct Negotiation {
     user: Option<String>,
     header_sent: bool,
     failures: u32,
+    /// The connection was handed to a resumed session (XEP-0198); nothing more to do here.
+    handed_off: bool,
     limits: Limits,
     deadline: tokio::time::Instant,
 }
@@ -171,6 +175,9 @@ impl Negotiation {
                     if let Some(bound) = self.element(el).await? {
                         return Ok(Some(bound));
                     }
+                    if self.handed_off {
+                        return Ok(None);
+                    }
                 }
             }
         }
@@ -233,6 +240,7 @@ impl Negotiation {
             Element::new("session", ns::SESSION).child(Element::new("optional", ns::SESSION)).write_to(&mut out, "");
             Element::new("ver", ns::ROSTER_VER).write_to(&mut out, "");
             Element::new("sub", ns::PREAPPROVAL).write_to(&mut out, "");
+            Element::new("sm", NS_SM).write_to(&mut out, "");
         }
         out.push_str("</stream:features>");
         self.write(&out).await
@@ -271,6 +279,16 @@ impl Negotiation {
                 Ok(None)
             }
             (ns::CLIENT, "iq") if self.user.is_some() => self.pre_bind_iq(el).await,
+            (NS_SM, "resume") if self.user.is_some() => {
+                self.resume(&el).await?;
+                Ok(None)
+            }
+            (NS_SM, _) if self.user.is_some() => {
+                // XEP-0198 section 3: enabling before binding is refused.
+                let failed = Element::new("failed", NS_SM).child(Element::new("unexpected-request", ns::STANZA_ERRORS));
+                self.write(&failed.to_xml()).await?;
+                Ok(None)
+            }
             (ns::CLIENT, "message" | "presence" | "iq") => Err(StreamError::NotAuthorized),
             (ns::TLS, _) | (ns::SASL, _) => Err(StreamError::PolicyViolation),
             (ns::CLIENT, _) => Err(StreamError::UnsupportedStanzaType),
@@ -457,6 +475,31 @@ impl Negotiation {
         })
     }
 
+    /// XEP-0198 section 5: hand this connection to the session being resumed.
+    async fn resume(&mut self, el: &Element) -> Result<(), StreamError> {
+        let h = el.get_attr("h").and_then(|h| h.parse::<u32>().ok());
+        let previd = el.get_attr("previd").unwrap_or("");
+        let owner = self.account_of(self.user.as_deref().unwrap_or(""));
+        let target = owner.as_ref().and_then(|o| self.server.resumable.get(previd, o));
+        if let (Some(h), Some(tx)) = (h, target) {
+            let reader = self.reader.take().ok_or(StreamError::InternalServerError)?;
+            let writer = self.writer.take().ok_or(StreamError::InternalServerError)?;
+            match tx.send(ResumeRequest { reader, writer, h }).await {
+                Ok(()) => {
+                    self.handed_off = true;
+                    return Ok(());
+                }
+                Err(mpsc::error::SendError(req)) => {
+                    self.reader = Some(req.reader);
+                    self.writer = Some(req.writer);
+                }
+            }
+        }
+        let cond = if h.is_none() { "bad-request" } else { "item-not-found" };
+        let failed = Element::new("failed", NS_SM).child(Element::new(cond, ns::STANZA_ERRORS));
+        self.write(&failed.to_xml()).await
+    }
+
     async fn pre_bind_iq(&mut self, el: Element) -> Result<Option<Bound>, StreamError> {
         let st = match Stanza::parse(el) {
             Ok(s) => s,
@@ -533,6 +576,8 @@ impl Negotiation {
             mailbox: rx,
             presence: SessionPresence::default(),
             out: String::new(),
+            sm: SmState::default(),
+            resume_rx: None,
         }))
     }
 }
@@ -565,79 +610,203 @@ struct Bound {
     presence: SessionPresence,
     /// Bytes waiting to be written; flushed once per loop turn so bursts become one write.
     out: String,
+    sm: SmState,
+    /// Resumption requests for this session (XEP-0198), when resumable.
+    resume_rx: Option<mpsc::Receiver<ResumeRequest>>,
 }
 
-/// How a session loop ended.
+/// How a connection of a session ended.
 enum End {
     /// Peer closed its stream: answer with our close tag.
     Closed,
     /// Connection lost.
     Gone,
-    Error(StreamError),
+    Error(StreamError, Option<Element>),
+    /// Another connection resumes this session (the current one is a ghost).
+    Resume(ResumeRequest),
+}
+
+/// The parsed input of the current connection.
+struct Input {
+    rx: mpsc::Receiver<Result<XmlEvent, XmlError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn spawn_reader(mut reader: Reader) -> Input {
+    let (tx, rx) = mpsc::channel::<Result<XmlEvent, XmlError>>(16);
+    let task = tokio::spawn(async move {
+        loop {
+            let ev = reader.next().await;
+            let stop = !matches!(ev, Ok(XmlEvent::Element(_)));
+            if tx.send(ev).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    Input { rx, task }
 }
 
 impl Bound {
     async fn run(mut self) {
-        let (in_tx, mut in_rx) = mpsc::channel::<Result<XmlEvent, XmlError>>(16);
-        let Some(mut reader) = self.reader.take() else {
-            return;
-        };
-        let reader_task = tokio::spawn(async move {
-            loop {
-                let ev = reader.next().await;
-                let stop = !matches!(ev, Ok(XmlEvent::Element(_)));
-                if in_tx.send(ev).await.is_err() || stop {
-                    break;
+        let Some(reader) = self.reader.take() else { return };
+        let mut input = spawn_reader(reader);
+        loop {
+            let end = self.connection(&mut input).await;
+            input.task.abort();
+            let resume = match end {
+                End::Resume(r) => Some(r),
+                End::Gone if self.resume_rx.is_some() => {
+                    tracing::info!("connection lost; session kept for resumption");
+                    self.hibernate().await
                 }
+                other => {
+                    self.close_stream(other).await;
+                    None
+                }
+            };
+            match resume {
+                Some(r) => input = self.take_over(r).await,
+                None => break,
             }
-        });
+        }
+        self.finish().await;
+    }
+
+    /// Serve the current connection until it ends.
+    async fn connection(&mut self, input: &mut Input) -> End {
         let mut shutdown = self.server.shutdown.clone();
-        let end = loop {
+        loop {
             let step = tokio::select! {
                 biased;
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => Some(End::Error(StreamError::SystemShutdown)),
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => Some(End::Error(StreamError::SystemShutdown, None)),
+                r = recv_resume(&mut self.resume_rx) => Some(End::Resume(r)),
                 d = self.mailbox.recv() => match d {
                     Some(d) => self.deliver(d),
                     None => Some(End::Gone),
                 },
-                ev = in_rx.recv() => match ev {
+                ev = input.rx.recv() => match ev {
                     Some(Ok(XmlEvent::Element(el))) => self.inbound(el).await,
                     Some(Ok(XmlEvent::StreamClose)) => Some(End::Closed),
-                    Some(Ok(XmlEvent::StreamOpen(_))) => Some(End::Error(StreamError::NotWellFormed)),
+                    Some(Ok(XmlEvent::StreamOpen(_))) => Some(End::Error(StreamError::NotWellFormed, None)),
                     Some(Err(XmlError::Eof)) | Some(Err(XmlError::Io(_))) | None => Some(End::Gone),
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "bad XML from client");
-                        Some(End::Error(StreamError::from(&e)))
+                        Some(End::Error(StreamError::from(&e), None))
                     }
                 },
             };
             if let Some(end) = step {
-                break end;
+                return end;
+            }
+            if self.sm.enabled && !self.sm.requested && !self.sm.unacked.is_empty() {
+                self.out.push_str("<r xmlns='urn:xmpp:sm:3'/>");
+                self.sm.requested = true;
             }
             if !self.out.is_empty() && self.flush().await.is_err() {
-                break End::Gone;
+                return End::Gone;
             }
-        };
-        reader_task.abort();
+        }
+    }
+
+    async fn close_stream(&mut self, end: End) {
         match end {
             End::Closed => self.out.push_str("</stream:stream>"),
-            End::Error(e) => {
+            End::Error(e, app) => {
                 tracing::debug!(condition = e.condition(), "closing stream with error");
-                self.out.push_str(&e.to_xml(None));
+                self.out.push_str(&e.to_xml_with(None, app.as_ref()));
                 self.out.push_str("</stream:stream>");
             }
-            End::Gone => self.out.clear(),
+            End::Gone | End::Resume(_) => self.out.clear(),
         }
         if !self.out.is_empty() {
             let _ = self.flush().await;
             let _ = tokio::time::timeout(Duration::from_secs(2), self.writer.shutdown()).await;
         }
-        // The session is gone: unavailable to everyone who saw it, then out of the registry.
-        let (jid, id) = (self.jid.clone(), self.id);
-        if self.presence.available || !self.presence.directed.is_empty() {
-            self.presence.unavailable(&self.server, &jid, id, None).await;
+    }
+
+    /// The connection is gone but the session may be resumed: keep queueing what arrives until
+    /// a resumption or the timeout (XEP-0198 section 5).
+    async fn hibernate(&mut self) -> Option<ResumeRequest> {
+        let timeout = tokio::time::sleep(Duration::from_secs(self.server.config.stream_management.resume_timeout_secs));
+        tokio::pin!(timeout);
+        let mut shutdown = self.server.shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = &mut timeout => {
+                    tracing::info!("resumption timed out");
+                    return None;
+                }
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return None,
+                r = recv_resume(&mut self.resume_rx) => return Some(r),
+                d = self.mailbox.recv() => match d {
+                    Some(Deliver::Stanza(o)) => {
+                        self.sm.on_sent(o);
+                        if self.sm.unacked.len() > self.server.config.stream_management.max_unacked {
+                            return None;
+                        }
+                    }
+                    Some(Deliver::Close(_)) | None => return None,
+                },
+            }
         }
-        self.server.sessions.unbind(&jid, id);
+    }
+
+    /// A new connection resumes this session: acknowledge what the client handled, answer
+    /// `<resumed/>` and send the rest again (XEP-0198 section 5).
+    async fn take_over(&mut self, r: ResumeRequest) -> Input {
+        let old = std::mem::replace(&mut self.writer, r.writer);
+        drop(old);
+        self.out.clear();
+        let id = self.sm.resume_id.clone().unwrap_or_default();
+        if let Err(too_high) = self.sm.ack(r.h) {
+            tracing::warn!(h = too_high.h, sent = too_high.sent, "resumption acknowledged more than was sent");
+        }
+        self.out.push_str(&format!("<resumed xmlns='{NS_SM}' h='{}' previd='{}'/>", self.sm.inbound, crate::xml::escape(&id)));
+        for o in &self.sm.unacked {
+            self.out.push_str(o.bytes());
+        }
+        tracing::info!(resent = self.sm.unacked.len(), "session resumed");
+        let _ = self.flush().await;
+        spawn_reader(r.reader)
+    }
+
+    /// The session is over: out of the registry, unacknowledged messages into the offline
+    /// store (never lost, never bounced), unavailable presence to everyone who saw it.
+    async fn finish(&mut self) {
+        let (jid, id) = (self.jid.clone(), self.id);
+        if let Some(rid) = &self.sm.resume_id {
+            self.server.resumable.remove(rid);
+        }
+        let server = self.server.clone();
+        if self.presence.available || !self.presence.directed.is_empty() {
+            self.presence.unavailable(&server, &jid, id, None).await;
+        }
+        server.sessions.unbind(&jid, id);
+        self.mailbox.close();
+        while let Some(d) = self.mailbox.recv().await {
+            if let Deliver::Stanza(o) = d {
+                self.sm.unacked.push_back(o);
+            }
+        }
+        let owner = jid.to_bare();
+        let mut kept = 0;
+        for o in std::mem::take(&mut self.sm.unacked) {
+            if o.el.name == "message" {
+                let sid =
+                    o.el.elements()
+                        .find(|c| c.is("stanza-id", modules::mam::NS_SID) && c.get_attr("by") == Some(owner.as_str()))
+                        .and_then(|c| c.get_attr("id"))
+                        .map(String::from);
+                match modules::offline::store(&server, &owner, o.el.clone(), sid.as_deref()).await {
+                    Ok(true) => kept += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = ?e, "could not keep an unacknowledged message"),
+                }
+            }
+        }
+        if kept > 0 {
+            tracing::info!(kept, "unacknowledged messages moved to offline storage");
+        }
         tracing::info!("session ended");
     }
 
@@ -660,12 +829,55 @@ impl Bound {
         let mut budget = 256;
         while let Some(d) = next.take() {
             match d {
-                Deliver::Stanza(o) => self.out.push_str(o.bytes()),
-                Deliver::Close(e) => return Some(End::Error(e)),
+                Deliver::Stanza(o) => {
+                    self.out.push_str(o.bytes());
+                    self.sm.on_sent(o);
+                }
+                Deliver::Close(e) => return Some(End::Error(e, None)),
             }
             budget -= 1;
             if budget > 0 {
                 next = self.mailbox.try_recv().ok();
+            }
+        }
+        if self.sm.unacked.len() > self.server.config.stream_management.max_unacked {
+            return Some(End::Error(StreamError::PolicyViolation, None));
+        }
+        None
+    }
+
+    /// Stream management nonzas (XEP-0198).
+    fn sm_element(&mut self, el: &Element) -> Option<End> {
+        match el.name.as_str() {
+            "r" => {
+                self.out.push_str(&format!("<a xmlns='{NS_SM}' h='{}'/>", self.sm.inbound));
+            }
+            "a" if self.sm.enabled => {
+                let Some(h) = el.get_attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    return Some(End::Error(StreamError::BadFormat, None));
+                };
+                if let Err(t) = self.sm.ack(h) {
+                    let app =
+                        Element::new("handled-count-too-high", NS_SM).attr("h", t.h.to_string()).attr("send-count", t.sent.to_string());
+                    return Some(End::Error(StreamError::UndefinedCondition, Some(app)));
+                }
+            }
+            "enable" if !self.sm.enabled => {
+                let resume = matches!(el.get_attr("resume"), Some("true") | Some("1"));
+                let id = self.sm.enable(resume);
+                let mut enabled = Element::new("enabled", NS_SM);
+                if let Some(id) = id {
+                    let (tx, rx) = mpsc::channel(1);
+                    self.server.resumable.insert(id.clone(), self.jid.to_bare(), tx);
+                    self.resume_rx = Some(rx);
+                    let max = self.server.config.stream_management.resume_timeout_secs;
+                    enabled = enabled.attr("id", id).attr("resume", "true").attr("max", max.to_string());
+                }
+                enabled.write_to(&mut self.out, "");
+            }
+            _ => {
+                let failed = Element::new("failed", NS_SM).child(Element::new("unexpected-request", ns::STANZA_ERRORS));
+                failed.write_to(&mut self.out, "");
             }
         }
         None
@@ -673,9 +885,20 @@ impl Bound {
 
     /// A top-level element from the client.
     async fn inbound(&mut self, el: Element) -> Option<End> {
-        if Stanza::kind_of(&el).is_none() {
-            return Some(End::Error(StreamError::UnsupportedStanzaType));
+        if el.ns == NS_SM {
+            return self.sm_element(&el);
         }
+        if Stanza::kind_of(&el).is_none() {
+            return Some(End::Error(StreamError::UnsupportedStanzaType, None));
+        }
+        let end = self.stanza(el).await;
+        // Counted once handled: routed, stored or answered. An ack therefore means the
+        // stanza will not be lost.
+        self.sm.on_handled();
+        end
+    }
+
+    async fn stanza(&mut self, el: Element) -> Option<End> {
         let mut st = match Stanza::parse(el) {
             Ok(s) => s,
             Err(bad) => {
@@ -690,7 +913,7 @@ impl Bound {
         // its own addresses.
         if let Some(from) = &st.from {
             if from.as_str() != self.jid.as_str() && from.as_str() != self.jid.to_bare().as_str() {
-                return Some(End::Error(StreamError::InvalidFrom));
+                return Some(End::Error(StreamError::InvalidFrom, None));
             }
         }
         st.set_from(Jid::from(self.jid.clone()));
@@ -731,5 +954,15 @@ impl Bound {
             }
         }
         None
+    }
+}
+
+async fn recv_resume(rx: &mut Option<mpsc::Receiver<ResumeRequest>>) -> ResumeRequest {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(r) => r,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod c2s;
 pub mod registry;
+pub mod sm;
 
 pub use registry::{Deliver, Outgoing, SessionEntry, SessionRegistry};

@@ -132,6 +132,8 @@ impl TestServer {
     pub async fn online(&self, user: &str, password: &str, resource: &str) -> Client {
         let mut c = self.login(user, password, resource).await;
         c.send("<presence/>").await;
+        let me = c.jid.clone().unwrap();
+        c.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some(me.as_str())).await;
         c
     }
 }

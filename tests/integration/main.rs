@@ -3,4 +3,5 @@
 mod binary;
 mod common;
 mod core;
+mod sm;
 mod sync;
