@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::csi::{Csi, NS_CSI};
 use super::registry::{Deliver, SessionEntry};
 use super::sm::{ResumeRequest, SmState, NS_SM};
 use crate::error::{Condition, StanzaError, StreamError};
@@ -241,6 +242,7 @@ impl Negotiation {
             Element::new("ver", ns::ROSTER_VER).write_to(&mut out, "");
             Element::new("sub", ns::PREAPPROVAL).write_to(&mut out, "");
             Element::new("sm", NS_SM).write_to(&mut out, "");
+            Element::new("csi", NS_CSI).write_to(&mut out, "");
         }
         out.push_str("</stream:features>");
         self.write(&out).await
@@ -577,6 +579,7 @@ impl Negotiation {
             presence: SessionPresence::default(),
             out: String::new(),
             sm: SmState::default(),
+            csi: Csi::default(),
             resume_rx: None,
         }))
     }
@@ -611,6 +614,7 @@ struct Bound {
     /// Bytes waiting to be written; flushed once per loop turn so bursts become one write.
     out: String,
     sm: SmState,
+    csi: Csi,
     /// Resumption requests for this session (XEP-0198), when resumable.
     resume_rx: Option<mpsc::Receiver<ResumeRequest>>,
 }
@@ -653,6 +657,9 @@ impl Bound {
         loop {
             let end = self.connection(&mut input).await;
             input.task.abort();
+            for o in self.csi.take() {
+                self.sm.unacked.push_back(o);
+            }
             let resume = match end {
                 End::Resume(r) => Some(r),
                 End::Gone if self.resume_rx.is_some() => {
@@ -756,6 +763,7 @@ impl Bound {
     async fn take_over(&mut self, r: ResumeRequest) -> Input {
         let old = std::mem::replace(&mut self.writer, r.writer);
         drop(old);
+        self.csi = Csi::default(); // client state is per stream
         self.out.clear();
         let id = self.sm.resume_id.clone().unwrap_or_default();
         if let Err(too_high) = self.sm.ack(r.h) {
@@ -830,8 +838,10 @@ impl Bound {
         while let Some(d) = next.take() {
             match d {
                 Deliver::Stanza(o) => {
-                    self.out.push_str(o.bytes());
-                    self.sm.on_sent(o);
+                    for o in self.csi.filter(o) {
+                        self.out.push_str(o.bytes());
+                        self.sm.on_sent(o);
+                    }
                 }
                 Deliver::Close(e) => return Some(End::Error(e, None)),
             }
@@ -887,6 +897,13 @@ impl Bound {
     async fn inbound(&mut self, el: Element) -> Option<End> {
         if el.ns == NS_SM {
             return self.sm_element(&el);
+        }
+        if el.ns == NS_CSI {
+            for o in self.csi.set_active(el.name == "active") {
+                self.out.push_str(o.bytes());
+                self.sm.on_sent(o);
+            }
+            return None;
         }
         if Stanza::kind_of(&el).is_none() {
             return Some(End::Error(StreamError::UnsupportedStanzaType, None));

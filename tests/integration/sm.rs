@@ -160,3 +160,43 @@ crate::on_both!(
     timed_out_session_keeps_unacked_messages_offline,
     enable_before_bind_and_bad_resume,
 );
+
+mod csi {
+    use super::*;
+
+    const CSI: &str = "urn:xmpp:csi:0";
+
+    async fn inactive_client_gets_collapsed_presence_and_urgent_messages(db: Db) {
+        let s = TestServer::start(db).await;
+        s.add_user("alice", "pw").await;
+        s.add_user("bob", "pw").await;
+        let mut b = s.online("bob", "pw", "b").await;
+        assert!(b.features.as_ref().unwrap().find("csi", CSI).is_some());
+        let mut a = s.online("alice", "pw", "a").await;
+        a.send("<presence to='bob@localhost/b'><show>away</show></presence>").await;
+        b.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some("alice@localhost/a")).await;
+        b.send(&format!("<inactive xmlns='{CSI}'/>")).await;
+        b.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+        b.recv_where(|e| e.get_attr("id") == Some("sync")).await; // iq answers are never held
+        for show in ["xa", "dnd", "chat"] {
+            a.send(&format!("<presence to='bob@localhost/b'><show>{show}</show></presence>")).await;
+        }
+        a.send("<message to='bob@localhost/b' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+        b.expect_silence(400).await;
+        a.send("<message to='bob@localhost/b' type='chat'><body>wake up</body></message>").await;
+        let p = b.recv().await;
+        assert_eq!(p.name, "presence");
+        assert_eq!(p.find("show", ns::CLIENT).unwrap().text_content(), "chat", "collapsed to the newest");
+        let cs = b.recv().await;
+        assert!(cs.find("composing", "http://jabber.org/protocol/chatstates").is_some(), "{cs}");
+        assert_eq!(body(&b.recv().await), "wake up");
+        a.send("<presence to='bob@localhost/b'><show>away</show></presence>").await;
+        b.expect_silence(300).await;
+        b.send(&format!("<active xmlns='{CSI}'/>")).await;
+        let p = b.recv().await;
+        assert_eq!(p.find("show", ns::CLIENT).unwrap().text_content(), "away");
+        s.stop().await;
+    }
+
+    crate::on_both!(inactive_client_gets_collapsed_presence_and_urgent_messages);
+}
