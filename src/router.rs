@@ -5,8 +5,8 @@
 //! | served host (or host/x) | `service-unavailable`             | ignored                           | server IQ handlers        |
 //! | local bare JID          | available resources with priority >= 0, else offline hook | subscription handling, probes answered, else every available resource | account IQ handlers |
 //! | local full JID, online  | that resource                     | that resource                     | that resource             |
-//! | local full JID, offline | as bare (chat / normal), dropped (headline) | subscription types as bare, others dropped | `service-unavailable` |
-//! | unknown local account   | `service-unavailable`             | `unsubscribed` to subscribe/probe | `service-unavailable`     |
+//! | local full JID, offline | chat as bare, normal `service-unavailable`, headline dropped | subscription types as bare, others dropped | `service-unavailable` |
+//! | unknown local account   | `service-unavailable`             | error to subscribe, `unsubscribed` to probe | `service-unavailable` |
 //! | other domain            | `remote-server-not-found` until a federation link is configured                          |||
 //!
 //! Blocking (XEP-0191) is applied here too: outbound to a blocked JID gives `not-acceptable`
@@ -176,6 +176,17 @@ async fn to_local(server: &Server, stanza: Stanza, bare: BareJid, full: Option<F
                 }
                 return;
             }
+            // RFC 6121 section 8.5.1: no account, no answer on its behalf.
+            if !server.sessions.is_online(&bare) {
+                match server.storage.user_exists(bare.domain().as_str(), jid::node_str(&bare)).await {
+                    Ok(true) => {}
+                    Ok(false) => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
+                    Err(e) => {
+                        tracing::error!(error = %e, "checking account");
+                        return bounce(server, &stanza, Condition::InternalServerError).await;
+                    }
+                }
+            }
             modules::handle_iq(server, stanza, modules::IqTarget::Account(bare)).await
         }
         Kind::Presence => modules::presence::inbound(server, stanza, bare, full.is_some()).await,
@@ -195,7 +206,11 @@ async fn message_in(server: &Server, mut stanza: Stanza, bare: BareJid, full: Op
             match typ.as_str() {
                 "error" => return,
                 "groupchat" => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
+                // RFC 6121 section 8.5.3.2.1: to a resource that is not online, only chat is
+                // treated as if sent to the bare JID; normal is refused, headline dropped.
                 "headline" if full.is_some() => return,
+                "chat" => {}
+                _ if full.is_some() => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
                 _ => {}
             }
             server.sessions.sessions(&bare, |s| s.available && s.priority >= 0)

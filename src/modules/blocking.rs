@@ -59,44 +59,65 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
                 }
                 server.storage.block(owner.as_str(), &jids).await?;
                 server.sessions.set_blocklist(&owner, load(server, &owner).await);
-                // The blocked contacts stop seeing the account online (XEP-0191 section 3.3).
-                for s in server.sessions.sessions(&owner, |s| s.available) {
-                    for j in &jids {
-                        let unavailable = crate::stanza::presence(
-                            &Jid::from(s.jid.clone()),
-                            &jid::parse(j).unwrap_or_else(|| Jid::from(owner.clone())),
-                            Some("unavailable"),
-                        );
-                        if let Ok(st) = crate::stanza::Stanza::parse(unavailable) {
-                            // Routed without the block check: this is the last presence they get.
-                            let to = st.to.clone();
-                            if let Some(to) = to {
-                                if let Ok(full) = to.clone().try_into_full() {
-                                    if let Some(t) = server.sessions.get(&full) {
-                                        server.sessions.send(&t, Deliver::Stanza(Outgoing::new(st.el)));
-                                    }
-                                } else {
-                                    for t in server.sessions.sessions(&to.to_bare(), |t| t.available) {
-                                        server.sessions.send(&t, Deliver::Stanza(Outgoing::new(st.el.clone())));
-                                    }
-                                }
-                            }
-                        }
+                // XEP-0191 section 3.3: contacts that could see the account stop seeing it.
+                // Sent directly: the router would now refuse them.
+                for j in visible_to(server, &owner, &jids).await {
+                    for s in server.sessions.sessions(&owner, |s| s.available) {
+                        let el = crate::stanza::presence(&Jid::from(s.jid.clone()), &j, Some("unavailable"));
+                        deliver_local(server, &j, el);
                     }
                 }
                 push(server, &owner, p.clone());
                 Ok(None)
             }
             (true, "unblock") => {
-                let jids = item_jids(p)?;
-                server.storage.unblock(owner.as_str(), &jids).await?;
+                let mut jids = item_jids(p)?;
+                if jids.is_empty() {
+                    jids = server.storage.blocklist(owner.as_str()).await?;
+                    server.storage.unblock(owner.as_str(), &[]).await?;
+                } else {
+                    server.storage.unblock(owner.as_str(), &jids).await?;
+                }
                 server.sessions.set_blocklist(&owner, load(server, &owner).await);
+                // XEP-0191 section 3.4: current presence to those allowed to see it.
+                for j in visible_to(server, &owner, &jids).await {
+                    for el in super::roster::send_current_presence(server, &owner, &j) {
+                        if let Ok(st) = crate::stanza::Stanza::parse(el) {
+                            crate::router::route(server, st).await;
+                        }
+                    }
+                }
                 push(server, &owner, p.clone());
                 Ok(None)
             }
             _ => Err(Condition::BadRequest.into()),
         }
     })
+}
+
+/// The JIDs among `jids` allowed to receive the account's presence (subscription "from").
+async fn visible_to(server: &Server, owner: &BareJid, jids: &[String]) -> Vec<Jid> {
+    let mut out = Vec::new();
+    for j in jids.iter().filter_map(|j| jid::parse(j)) {
+        let item = server.storage.roster_item(owner.as_str(), j.to_bare().as_str()).await.ok().flatten();
+        if item.is_some_and(|i| i.subscription.from()) {
+            out.push(j);
+        }
+    }
+    out
+}
+
+/// Hand a presence straight to local sessions of `to` (bypassing the block check).
+fn deliver_local(server: &Server, to: &Jid, el: Element) {
+    let targets = match to.clone().try_into_full() {
+        Ok(full) => server.sessions.get(&full).into_iter().collect(),
+        Err(bare) => server.sessions.sessions(&bare, |t| t.available),
+    };
+    for t in targets {
+        let mut e = el.clone();
+        e.set_attr("to", t.jid.to_string());
+        server.sessions.send(&t, Deliver::Stanza(Outgoing::new(e)));
+    }
 }
 
 /// Tell every resource that fetched the list about the change.

@@ -111,8 +111,12 @@ async fn set(server: &Server, owner: &BareJid, query: &Element) -> Result<(), St
     let mut groups: Vec<String> = Vec::new();
     for g in el.elements().filter(|e| e.is("group", ns::ROSTER)) {
         let name = g.text_content();
-        if name.is_empty() || groups.contains(&name) {
-            return Err(StanzaError::new(Condition::BadRequest).with_text("empty or duplicate group"));
+        // RFC 6121 section 2.3.3: an empty group is not-acceptable, a repeated one bad-request.
+        if name.is_empty() {
+            return Err(StanzaError::new(Condition::NotAcceptable).with_text("empty group name"));
+        }
+        if groups.contains(&name) {
+            return Err(StanzaError::new(Condition::BadRequest).with_text("duplicate group"));
         }
         groups.push(name);
     }
@@ -219,22 +223,23 @@ pub async fn outbound(server: &Server, from: &FullJid, mut st: Stanza) -> Result
     if existing.as_ref() != Some(&item) && (existing.is_some() || typ == "subscribe" || typ == "subscribed") {
         save_and_push(server, &owner, &item).await?;
     }
+    let contact_jid = Jid::from(contact.clone());
+    // RFC 6121 section 3.2.2: on cancellation the contact first stops seeing the presence,
+    // then gets the unsubscribed.
+    if send_unavailable {
+        for s in server.sessions.sessions(&owner, |s| s.available) {
+            send(server, stanza::presence(&Jid::from(s.jid.clone()), &contact_jid, Some("unavailable"))).await;
+        }
+    }
     if route_it {
         // RFC 6121 section 3.1.2: stamped with the bare JID.
-        st.el.retain_children(|_| true);
         st.set_from(Jid::from(owner.clone()));
         st.set_to(Jid::from(contact.clone()));
         router::route(server, st).await;
     }
-    let contact_jid = Jid::from(contact.clone());
     if send_presence {
         for p in send_current_presence(server, &owner, &contact_jid) {
             send(server, p).await;
-        }
-    }
-    if send_unavailable {
-        for s in server.sessions.sessions(&owner, |s| s.available) {
-            send(server, stanza::presence(&Jid::from(s.jid.clone()), &contact_jid, Some("unavailable"))).await;
         }
     }
     Ok(())
@@ -266,8 +271,10 @@ pub async fn inbound(server: &Server, mut st: Stanza, owner: BareJid) -> Result<
         && !server.sessions.is_online(&owner)
         && !server.storage.user_exists(owner.domain().as_str(), jid::node_str(&owner_jid)).await?
     {
+        // RFC 6121 section 3.1.2: a request that cannot be delivered because the local contact
+        // does not exist is answered with an error.
         if typ == "subscribe" {
-            send(server, stanza::presence(&owner_jid, &contact_jid, Some("unsubscribed"))).await;
+            router::bounce(server, &st, Condition::ServiceUnavailable).await;
         }
         return Ok(());
     }

@@ -148,11 +148,13 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
         Self::from_buffered(self.reader.into_inner(), limits)
     }
 
-    /// Give back the transport (for STARTTLS). Fails if the peer sent data past the point
-    /// where it must wait for the TLS handshake.
+    /// Give back the transport (for STARTTLS). Whitespace the peer sent after its last element
+    /// is dropped (it is legal between elements); anything else past the point where it must
+    /// wait for the TLS handshake is refused, so no plaintext can be injected into the TLS
+    /// session (the STARTTLS command-injection class of bugs).
     pub fn into_inner(self) -> Result<R, XmlError> {
         let br = self.reader.into_inner();
-        if !br.buffer().is_empty() {
+        if !br.buffer().iter().all(|b| b.is_ascii_whitespace()) {
             return Err(XmlError::NotWellFormed("data after starttls".into()));
         }
         Ok(br.into_inner().inner)

@@ -305,6 +305,14 @@ impl Client {
         }
     }
 
+    /// The next event within `ms`, without panicking: `None` on timeout.
+    pub async fn try_event(&mut self, ms: u64) -> Option<Result<XmlEvent, XmlError>> {
+        if let Some(e) = self.queue.pop_front() {
+            return Some(Ok(XmlEvent::Element(e)));
+        }
+        tokio::time::timeout(Duration::from_millis(ms), self.reader.as_mut().unwrap().next()).await.ok()
+    }
+
     /// The next element (queued first).
     pub async fn recv(&mut self) -> Element {
         if let Some(e) = self.queue.pop_front() {
