@@ -3,5 +3,6 @@
 mod binary;
 mod common;
 mod core;
+mod im;
 mod sm;
 mod sync;
