@@ -195,37 +195,35 @@ async fn to_local(server: &Server, stanza: Stanza, bare: BareJid, full: Option<F
 }
 
 /// A message for a local account: RFC 6121 section 8.5.2 (bare JID) and 8.5.3 (full JID).
-/// Once accepted for the account it is archived (stamped with the account's stanza-id), then
-/// delivered with carbons, or kept offline.
+/// Once accepted for the account it is archived (stamped with the account's stanza-id), and
+/// only then are its destinations chosen: a session that binds after that point finds it in the
+/// archive, one that bound before receives it, so a client syncing "after its newest id" cannot
+/// miss it. Then it is delivered with carbons, or kept offline.
 async fn message_in(server: &Server, mut stanza: Stanza, bare: BareJid, full: Option<FullJid>) {
     let typ = stanza.typ().unwrap_or("normal").to_string();
-    let direct = full.as_ref().and_then(|f| server.sessions.get(f));
-    let targets = match direct {
-        Some(s) => vec![s],
-        None => {
-            match typ.as_str() {
-                "error" => return,
-                "groupchat" => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
-                // RFC 6121 section 8.5.3.2.1: to a resource that is not online, only chat is
-                // treated as if sent to the bare JID; normal is refused, headline dropped.
-                "headline" if full.is_some() => return,
-                "chat" => {}
-                _ if full.is_some() => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
-                _ => {}
+    let direct_online = full.as_ref().is_some_and(|f| server.sessions.get(f).is_some());
+    if !direct_online {
+        match typ.as_str() {
+            "error" => return,
+            "groupchat" => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
+            // RFC 6121 section 8.5.3.2.1: to a resource that is not online, only chat is
+            // treated as if sent to the bare JID; normal is refused, headline dropped.
+            "headline" if full.is_some() => return,
+            "chat" => {}
+            _ if full.is_some() => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
+            _ => {}
+        }
+        if !server.sessions.is_online(&bare) {
+            if typ == "headline" {
+                return;
             }
-            server.sessions.sessions(&bare, |s| s.available && s.priority >= 0)
-        }
-    };
-    if targets.is_empty() {
-        if typ == "headline" {
-            return;
-        }
-        match server.storage.user_exists(bare.domain().as_str(), jid::node_str(&bare)).await {
-            Ok(true) => {}
-            Ok(false) => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
-            Err(e) => {
-                tracing::error!(error = %e, "checking account");
-                return bounce(server, &stanza, Condition::InternalServerError).await;
+            match server.storage.user_exists(bare.domain().as_str(), jid::node_str(&bare)).await {
+                Ok(true) => {}
+                Ok(false) => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "checking account");
+                    return bounce(server, &stanza, Condition::InternalServerError).await;
+                }
             }
         }
     }
@@ -238,7 +236,15 @@ async fn message_in(server: &Server, mut stanza: Stanza, bare: BareJid, full: Op
             None
         }
     };
+    let targets = match full.as_ref().and_then(|f| server.sessions.get(f)) {
+        Some(s) => vec![s],
+        None if full.is_some() && typ != "chat" => Vec::new(),
+        None => server.sessions.sessions(&bare, |s| s.available && s.priority >= 0),
+    };
     if targets.is_empty() {
+        if typ == "headline" || typ == "error" {
+            return;
+        }
         if let Err(e) = modules::offline::store(server, &bare, stanza.el.clone(), sid.as_deref()).await {
             bounce(server, &stanza, e).await;
         }

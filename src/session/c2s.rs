@@ -705,9 +705,8 @@ impl Bound {
             if let Some(end) = step {
                 return end;
             }
-            if self.sm.enabled && !self.sm.requested && !self.sm.unacked.is_empty() {
+            if self.sm.want_request() {
                 self.out.push_str("<r xmlns='urn:xmpp:sm:3'/>");
-                self.sm.requested = true;
             }
             if !self.out.is_empty() && self.flush().await.is_err() {
                 return End::Gone;
@@ -772,6 +771,15 @@ impl Bound {
         self.out.push_str(&format!("<resumed xmlns='{NS_SM}' h='{}' previd='{}'/>", self.sm.inbound, crate::xml::escape(&id)));
         for o in &self.sm.unacked {
             self.out.push_str(o.bytes());
+        }
+        // Ask at once, so what the client got is not kept as unacknowledged (and later stored
+        // offline) if it closes cleanly.
+        self.sm.requested = false;
+        if !self.sm.unacked.is_empty() {
+            self.sm.sent_since_request = self.sm.sent_since_request.max(1);
+        }
+        if self.sm.want_request() {
+            self.out.push_str("<r xmlns='urn:xmpp:sm:3'/>");
         }
         tracing::info!(resent = self.sm.unacked.len(), "session resumed");
         let _ = self.flush().await;

@@ -28,6 +28,9 @@ pub struct SmState {
     pub unacked: VecDeque<Arc<Outgoing>>,
     /// An `<r/>` is outstanding.
     pub requested: bool,
+    /// Stanzas sent since the last `<r/>`: a new request only follows new stanzas, so a client
+    /// answering with a low "h" is not asked again in a loop.
+    pub sent_since_request: u32,
 }
 
 /// The peer claimed to have handled more than it was sent.
@@ -55,7 +58,18 @@ impl SmState {
     pub fn on_sent(&mut self, o: Arc<Outgoing>) {
         if self.enabled {
             self.unacked.push_back(o);
+            self.sent_since_request = self.sent_since_request.wrapping_add(1);
         }
+    }
+
+    /// Should an `<r/>` go out now? Marks it as sent.
+    pub fn want_request(&mut self) -> bool {
+        if self.enabled && !self.requested && self.sent_since_request > 0 {
+            self.requested = true;
+            self.sent_since_request = 0;
+            return true;
+        }
+        false
     }
 
     pub fn on_handled(&mut self) {
@@ -138,6 +152,20 @@ mod tests {
         s.ack(3).unwrap();
         assert_eq!(s.unacked.len(), 2);
         assert_eq!(s.ack(9), Err(TooHigh { h: 9, sent: 5 }));
+    }
+
+    #[test]
+    fn a_low_ack_does_not_trigger_another_request() {
+        let mut s = SmState::default();
+        s.enable(false);
+        s.on_sent(out(0));
+        s.on_sent(out(1));
+        assert!(s.want_request());
+        assert!(!s.want_request(), "one outstanding request at a time");
+        s.ack(1).unwrap();
+        assert!(!s.want_request(), "nothing new was sent since the last request");
+        s.on_sent(out(2));
+        assert!(s.want_request());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod binary;
 mod common;
 mod core;
+mod fault;
 mod im;
 mod sm;
 mod sync;
