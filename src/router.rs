@@ -71,6 +71,34 @@ async fn route_now(server: &Server, stanza: Stanza) {
     }
 }
 
+/// Route an element the server built itself (presence answers, subscription stanzas).
+pub async fn route_element(server: &Server, el: Element) {
+    match Stanza::parse(el) {
+        Ok(s) => route(server, s).await,
+        Err(bad) => tracing::error!(element = %bad.0, "the server built an invalid stanza"),
+    }
+}
+
+/// Does the local account exist? Bounces `stanza` (service-unavailable, or
+/// internal-server-error when storage fails) and returns `false` when it cannot be delivered.
+async fn account_or_bounce(server: &Server, stanza: &Stanza, bare: &BareJid) -> bool {
+    if server.sessions.is_online(bare) {
+        return true;
+    }
+    match server.storage.user_exists(bare.domain().as_str(), jid::node_str(bare)).await {
+        Ok(true) => true,
+        Ok(false) => {
+            bounce(server, stanza, Condition::ServiceUnavailable).await;
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "checking account");
+            bounce(server, stanza, Condition::InternalServerError).await;
+            false
+        }
+    }
+}
+
 /// Send an error reply for `stanza` back to its sender (never for an error).
 pub async fn bounce(server: &Server, stanza: &Stanza, err: impl Into<StanzaError>) {
     let err = err.into();
@@ -177,15 +205,8 @@ async fn to_local(server: &Server, stanza: Stanza, bare: BareJid, full: Option<F
                 return;
             }
             // RFC 6121 section 8.5.1: no account, no answer on its behalf.
-            if !server.sessions.is_online(&bare) {
-                match server.storage.user_exists(bare.domain().as_str(), jid::node_str(&bare)).await {
-                    Ok(true) => {}
-                    Ok(false) => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
-                    Err(e) => {
-                        tracing::error!(error = %e, "checking account");
-                        return bounce(server, &stanza, Condition::InternalServerError).await;
-                    }
-                }
+            if !account_or_bounce(server, &stanza, &bare).await {
+                return;
             }
             modules::handle_iq(server, stanza, modules::IqTarget::Account(bare)).await
         }
@@ -213,18 +234,11 @@ async fn message_in(server: &Server, mut stanza: Stanza, bare: BareJid, full: Op
             _ if full.is_some() => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
             _ => {}
         }
-        if !server.sessions.is_online(&bare) {
-            if typ == "headline" {
-                return;
-            }
-            match server.storage.user_exists(bare.domain().as_str(), jid::node_str(&bare)).await {
-                Ok(true) => {}
-                Ok(false) => return bounce(server, &stanza, Condition::ServiceUnavailable).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "checking account");
-                    return bounce(server, &stanza, Condition::InternalServerError).await;
-                }
-            }
+        if typ == "headline" && !server.sessions.is_online(&bare) {
+            return;
+        }
+        if !account_or_bounce(server, &stanza, &bare).await {
+            return;
         }
     }
     modules::mam::strip_forged_ids(&mut stanza.el, bare.as_str());

@@ -82,9 +82,7 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
                 // XEP-0191 section 3.4: current presence to those allowed to see it.
                 for j in visible_to(server, &owner, &jids).await {
                     for el in super::roster::send_current_presence(server, &owner, &j) {
-                        if let Ok(st) = crate::stanza::Stanza::parse(el) {
-                            crate::router::route(server, st).await;
-                        }
+                        crate::router::route_element(server, el).await;
                     }
                 }
                 push(server, &owner, p.clone());

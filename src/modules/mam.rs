@@ -322,7 +322,7 @@ async fn send_results(
 ) {
     let Some(session) = server.sessions.get(to) else { return };
     for r in rows {
-        let Some(original) = super::vcard::parse_stored(&r.xml).await else {
+        let Some(original) = crate::xml::parse_stored(&r.xml).await else {
             tracing::warn!(owner = %owner, id = %r.stanza_id, "unreadable archived message");
             continue;
         };

@@ -61,7 +61,7 @@ pub async fn deliver(server: &Server, me: &FullJid) {
     let Some(session) = server.sessions.get(me) else { return };
     let mut last = None;
     for (id, _, xml) in msgs {
-        if let Some(mut el) = super::vcard::parse_stored(&xml).await {
+        if let Some(mut el) = crate::xml::parse_stored(&xml).await {
             el.set_attr("to", me.to_string());
             // The session's mailbox is the hand-over point: past it, stream management (and the
             // archive for clients without it) keeps the message.

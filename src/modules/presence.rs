@@ -39,12 +39,6 @@ async fn subscribers(server: &Server, owner: &BareJid) -> Vec<Jid> {
     }
 }
 
-async fn send(server: &Server, el: Element) {
-    if let Ok(s) = Stanza::parse(el) {
-        router::route(server, s).await;
-    }
-}
-
 fn to_sessions(server: &Server, sessions: &[SessionEntry], el: &Element) {
     for s in sessions {
         let mut e = el.clone();
@@ -78,7 +72,7 @@ impl SessionPresence {
                 for contact in subscribers(server, &owner).await {
                     let mut e = el.clone();
                     e.set_attr("to", contact.to_string());
-                    send(server, e).await;
+                    router::route_element(server, e).await;
                 }
                 if initial {
                     self.initial(server, me, &owner, &others).await;
@@ -108,7 +102,7 @@ impl SessionPresence {
             Ok(items) => {
                 for item in items.iter().filter(|i| i.subscription.to()) {
                     if let Some(c) = crate::jid::parse(&item.contact) {
-                        send(server, stanza::presence(&me_jid, &c, Some("probe"))).await;
+                        router::route_element(server, stanza::presence(&me_jid, &c, Some("probe"))).await;
                     }
                 }
             }
@@ -118,7 +112,7 @@ impl SessionPresence {
             Ok(reqs) => {
                 if let Some(t) = server.sessions.get(me) {
                     for (_, xml) in reqs {
-                        if let Some(el) = super::vcard::parse_stored(&xml).await {
+                        if let Some(el) = crate::xml::parse_stored(&xml).await {
                             server.sessions.send(&t, Deliver::Stanza(Outgoing::new(el)));
                         }
                     }
@@ -156,7 +150,7 @@ impl SessionPresence {
         for t in targets {
             let mut e = el.clone();
             e.set_attr("to", t.to_string());
-            send(server, e).await;
+            router::route_element(server, e).await;
         }
     }
 
@@ -215,7 +209,7 @@ async fn answer_probe(server: &Server, st: Stanza, owner: BareJid) {
         }
     };
     if !item.is_some_and(|i| i.subscription.from()) {
-        send(server, stanza::presence(&owner_jid, &from, Some("unsubscribed"))).await;
+        router::route_element(server, stanza::presence(&owner_jid, &from, Some("unsubscribed"))).await;
         return;
     }
     let current = roster::send_current_presence(server, &owner, &from);
@@ -228,10 +222,10 @@ async fn answer_probe(server: &Server, st: Stanza, owner: BareJid) {
                 );
             }
         }
-        send(server, p).await;
+        router::route_element(server, p).await;
         return;
     }
     for p in current {
-        send(server, p).await;
+        router::route_element(server, p).await;
     }
 }

@@ -1,6 +1,8 @@
 //! Private XML Storage (XEP-0049): one document per account and namespace, only for the owner.
 
-use super::{vcard::parse_stored, IqFuture, IqHandler, IqRequest, Module, Spec};
+use crate::xml::parse_stored;
+
+use super::{IqFuture, IqHandler, IqRequest, Module, Spec};
 use crate::error::{Condition, StanzaError};
 use crate::server::Server;
 use crate::xml::{ns, Element};

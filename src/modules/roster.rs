@@ -137,18 +137,12 @@ async fn remove(server: &Server, owner: &BareJid, item: &RosterItem) -> Result<(
     let v = server.storage.delete_roster_item(owner.as_str(), &item.contact).await?;
     push(server, owner, Element::new("item", ns::ROSTER).attr("jid", item.contact.clone()).attr("subscription", "remove"), v);
     if item.subscription.to() || item.ask {
-        send(server, stanza::presence(&from, &contact, Some("unsubscribe"))).await;
+        router::route_element(server, stanza::presence(&from, &contact, Some("unsubscribe"))).await;
     }
     if item.subscription.from() || pending_in {
-        send(server, stanza::presence(&from, &contact, Some("unsubscribed"))).await;
+        router::route_element(server, stanza::presence(&from, &contact, Some("unsubscribed"))).await;
     }
     Ok(())
-}
-
-async fn send(server: &Server, el: Element) {
-    if let Ok(s) = Stanza::parse(el) {
-        router::route(server, s).await;
-    }
 }
 
 /// Presence of every available resource of `owner`, sent to `to`.
@@ -228,7 +222,7 @@ pub async fn outbound(server: &Server, from: &FullJid, mut st: Stanza) -> Result
     // then gets the unsubscribed.
     if send_unavailable {
         for s in server.sessions.sessions(&owner, |s| s.available) {
-            send(server, stanza::presence(&Jid::from(s.jid.clone()), &contact_jid, Some("unavailable"))).await;
+            router::route_element(server, stanza::presence(&Jid::from(s.jid.clone()), &contact_jid, Some("unavailable"))).await;
         }
     }
     if route_it {
@@ -239,7 +233,7 @@ pub async fn outbound(server: &Server, from: &FullJid, mut st: Stanza) -> Result
     }
     if send_presence {
         for p in send_current_presence(server, &owner, &contact_jid) {
-            send(server, p).await;
+            router::route_element(server, p).await;
         }
     }
     Ok(())
@@ -282,16 +276,16 @@ pub async fn inbound(server: &Server, mut st: Stanza, owner: BareJid) -> Result<
     match typ.as_str() {
         "subscribe" => {
             if item.subscription.from() {
-                send(server, stanza::presence(&owner_jid, &contact_jid, Some("subscribed"))).await;
+                router::route_element(server, stanza::presence(&owner_jid, &contact_jid, Some("subscribed"))).await;
                 return Ok(());
             }
             if item.approved {
                 item.approved = false;
                 item.subscription = Subscription::with(item.subscription.to(), true);
                 save_and_push(server, &owner, &item).await?;
-                send(server, stanza::presence(&owner_jid, &contact_jid, Some("subscribed"))).await;
+                router::route_element(server, stanza::presence(&owner_jid, &contact_jid, Some("subscribed"))).await;
                 for p in send_current_presence(server, &owner, &contact_jid) {
-                    send(server, p).await;
+                    router::route_element(server, p).await;
                 }
                 return Ok(());
             }
@@ -316,7 +310,7 @@ pub async fn inbound(server: &Server, mut st: Stanza, owner: BareJid) -> Result<
                 deliver_to_available(server, &owner, st.el);
                 // The contact no longer sees the user's presence.
                 for s in server.sessions.sessions(&owner, |s| s.available) {
-                    send(server, stanza::presence(&Jid::from(s.jid.clone()), &contact_jid, Some("unavailable"))).await;
+                    router::route_element(server, stanza::presence(&Jid::from(s.jid.clone()), &contact_jid, Some("unavailable"))).await;
                 }
             } else if pending {
                 deliver_to_available(server, &owner, st.el);

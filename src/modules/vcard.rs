@@ -4,7 +4,7 @@
 use super::{IqFuture, IqHandler, IqRequest, IqTarget, Module, Spec};
 use crate::error::{Condition, StanzaError};
 use crate::server::Server;
-use crate::xml::{ns, Element, XmlEvent, XmlReader};
+use crate::xml::{ns, parse_stored, Element};
 
 pub const MODULE: Module = Module {
     name: "vcard",
@@ -13,20 +13,6 @@ pub const MODULE: Module = Module {
     account_features: &[],
     iq: &[IqHandler { ns: ns::VCARD, on_host: false, on_account: true, handle }],
 };
-
-/// Parse a document this server stored itself.
-pub async fn parse_stored(xml: &str) -> Option<Element> {
-    let doc = format!("<s xmlns='jabber:client'>{xml}</s>");
-    let mut r = XmlReader::new(doc.as_bytes(), crate::xml::Limits { max_element_bytes: doc.len() + 1, max_depth: 256 });
-    match r.next().await {
-        Ok(XmlEvent::StreamOpen(_)) => {}
-        _ => return None,
-    }
-    match r.next().await {
-        Ok(XmlEvent::Element(e)) => Some(e),
-        _ => None,
-    }
-}
 
 fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
     Box::pin(async move {

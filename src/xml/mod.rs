@@ -7,6 +7,21 @@ pub mod reader;
 pub use element::{escape, Element, Node};
 pub use reader::{Limits, StreamHeader, XmlError, XmlEvent, XmlReader};
 
+/// Parse one element this server serialized and stored itself (archive, offline, vCard...).
+/// The reader over a byte slice never waits.
+pub async fn parse_stored(xml: &str) -> Option<Element> {
+    let doc = format!("<s xmlns='jabber:client'>{xml}</s>");
+    let mut r = XmlReader::new(doc.as_bytes(), Limits { max_element_bytes: doc.len() + 1, max_depth: 256 });
+    match r.next().await {
+        Ok(XmlEvent::StreamOpen(_)) => {}
+        _ => return None,
+    }
+    match r.next().await {
+        Ok(XmlEvent::Element(e)) => Some(e),
+        _ => None,
+    }
+}
+
 pub mod ns {
     pub const CLIENT: &str = "jabber:client";
     pub const SERVER: &str = "jabber:server";
