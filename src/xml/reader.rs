@@ -119,11 +119,51 @@ pub struct XmlReader<R> {
     /// Elements under construction below the stream root (stack; index 0 is the top-level one).
     building: Vec<Element>,
     opened: bool,
+    /// The first byte was checked (see `check_first_byte`).
+    started: bool,
     limits: Limits,
 }
 
 fn wf(e: impl std::fmt::Display) -> XmlError {
     XmlError::NotWellFormed(e.to_string())
+}
+
+/// A reference to an entity that is not predefined is restricted XML (RFC 6120 section 11.1);
+/// a broken reference (a bare `&`, a bad character reference) is not well-formed XML.
+fn escape_error(err: quick_xml::Error) -> XmlError {
+    use quick_xml::escape::EscapeError;
+    match err {
+        quick_xml::Error::Escape(EscapeError::UnrecognizedEntity(..)) => XmlError::Restricted("entity reference"),
+        other => wf(other),
+    }
+}
+
+/// XML 1.0 `Char`: what may appear in text and attribute values.
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
+}
+
+fn check_chars(s: &str) -> Result<(), XmlError> {
+    match s.chars().find(|c| !is_xml_char(*c)) {
+        None => Ok(()),
+        Some(c) => Err(XmlError::NotWellFormed(format!("character U+{:04X} is not allowed in XML", c as u32))),
+    }
+}
+
+/// XML 1.0 `Name` (ASCII part checked strictly; other characters as allowed name characters).
+fn check_name(name: &str) -> Result<(), XmlError> {
+    let mut chars = name.chars();
+    let ok_start = |c: char| c.is_ascii_alphabetic() || c == '_' || c == ':' || (!c.is_ascii() && is_xml_char(c));
+    let ok_rest = |c: char| ok_start(c) || c.is_ascii_digit() || c == '-' || c == '.';
+    let valid = match chars.next() {
+        Some(c) => ok_start(c) && chars.all(ok_rest),
+        None => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(XmlError::NotWellFormed(format!("invalid name {name:?}")))
+    }
 }
 
 impl<R: AsyncRead + Unpin> XmlReader<R> {
@@ -138,7 +178,7 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
         cfg.trim_text(false);
         cfg.check_end_names = true;
         cfg.expand_empty_elements = false;
-        XmlReader { reader, buf: Vec::with_capacity(256), scopes: Vec::new(), building: Vec::new(), opened: false, limits }
+        XmlReader { reader, buf: Vec::with_capacity(256), scopes: Vec::new(), building: Vec::new(), opened: false, started: false, limits }
     }
 
     /// Start a new stream on the same connection (after SASL success), keeping any bytes the
@@ -160,10 +200,41 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
         Ok(br.into_inner().inner)
     }
 
-    fn reset_count(&mut self) {
+    /// A top-level element ended: check its exact size (bytes pulled from the socket minus
+    /// what is still buffered past it) and start counting the next one.
+    fn finish_element(&mut self) -> Result<(), XmlError> {
         let br = self.reader.get_mut();
         let pending = br.buffer().len();
-        br.get_mut().count = pending;
+        let counted = br.get_mut();
+        let used = counted.count.saturating_sub(pending);
+        counted.count = pending;
+        if used > self.limits.max_element_bytes {
+            return Err(XmlError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// Before the stream header: the first byte that is not whitespace must open a tag, so that
+    /// a peer speaking another protocol (HTTP, a TLS ClientHello) is told at once.
+    async fn check_first_byte(&mut self) -> Result<(), XmlError> {
+        use tokio::io::AsyncBufReadExt;
+        let br = self.reader.get_mut();
+        loop {
+            let buf = br.fill_buf().await?;
+            if buf.is_empty() {
+                return Err(XmlError::Eof);
+            }
+            let ws = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            if ws < buf.len() {
+                if buf[ws] != b'<' {
+                    return Err(XmlError::NotWellFormed("not XML".into()));
+                }
+                br.consume(ws);
+                return Ok(());
+            }
+            let n = buf.len();
+            br.consume(n);
+        }
     }
 
     fn resolve(&self, scope: &Scope, qname: &str) -> Result<(String, String), XmlError> {
@@ -206,15 +277,18 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
     /// Parse a start tag: returns the element (no children), its scope.
     fn start(&self, e: &BytesStart<'_>) -> Result<(Element, Scope), XmlError> {
         let qname = std::str::from_utf8(e.name().as_ref()).map_err(wf)?.to_string();
+        check_name(&qname)?;
         let mut scope = Scope::default();
         let mut attrs = Vec::new();
         for a in e.attributes().with_checks(true) {
             let a = a.map_err(wf)?;
             let key = std::str::from_utf8(a.key.as_ref()).map_err(wf)?;
-            let value = a.unescape_value().map_err(|err| match err {
-                quick_xml::Error::Escape(_) => XmlError::Restricted("entity reference"),
-                other => wf(other),
-            })?;
+            check_name(key)?;
+            if a.value.contains(&b'<') {
+                return Err(XmlError::NotWellFormed("'<' in an attribute value".into()));
+            }
+            let value = a.unescape_value().map_err(escape_error)?;
+            check_chars(&value)?;
             if key == "xmlns" {
                 scope.default_ns = Some(value.into_owned());
             } else if let Some(p) = key.strip_prefix("xmlns:") {
@@ -268,6 +342,10 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
 
     /// Read the next stream-level event.
     pub async fn next(&mut self) -> Result<XmlEvent, XmlError> {
+        if !self.opened && self.building.is_empty() && self.scopes.is_empty() && !self.started {
+            self.check_first_byte().await?;
+            self.started = true;
+        }
         loop {
             self.buf.clear();
             let ev = match self.reader.read_event_into_async(&mut self.buf).await {
@@ -291,7 +369,7 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                     let default_ns = scope.default_ns.clone().unwrap_or_default();
                     self.scopes.push(scope);
                     self.opened = true;
-                    self.reset_count();
+                    self.finish_element()?;
                     return Ok(XmlEvent::StreamOpen(StreamHeader { name: el.name, ns: el.ns, default_ns, attrs: el.attrs }));
                 }
                 Event::Empty(_) if !self.opened => return Err(XmlError::NotWellFormed("stream header closed at once".into())),
@@ -311,7 +389,7 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                     self.scopes.push(scope);
                     self.building.push(el);
                     if let Some(top) = self.close_element() {
-                        self.reset_count();
+                        self.finish_element()?;
                         return Ok(XmlEvent::Element(top));
                     }
                 }
@@ -321,7 +399,7 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                         return Ok(XmlEvent::StreamClose);
                     }
                     if let Some(top) = self.close_element() {
-                        self.reset_count();
+                        self.finish_element()?;
                         return Ok(XmlEvent::Element(top));
                     }
                 }
@@ -333,14 +411,13 @@ impl<R: AsyncRead + Unpin> XmlReader<R> {
                         }
                         return Err(XmlError::NotWellFormed("text before stream header".into()));
                     }
-                    let text = t.unescape().map_err(|err| match err {
-                        quick_xml::Error::Escape(_) => XmlError::Restricted("entity reference"),
-                        other => wf(other),
-                    })?;
+                    let text = t.unescape().map_err(escape_error)?;
+                    check_chars(&text)?;
                     self.push_text(text)?;
                 }
                 Event::CData(c) => {
                     let s = std::str::from_utf8(c.as_ref()).map_err(wf)?.to_string();
+                    check_chars(&s)?;
                     self.push_text(Cow::Owned(s))?;
                 }
             }
@@ -415,6 +492,30 @@ mod tests {
         assert!(matches!(ev.last(), Some(Err(XmlError::TooDeep))), "{ev:?}");
         let ev = events(&format!("{HEAD}hello"), Limits::default()).await;
         assert!(matches!(ev.last(), Some(Err(XmlError::StrayText))), "{ev:?}");
+    }
+
+    #[tokio::test]
+    async fn refuses_what_xml_forbids() {
+        for bad in
+            ["<message>\u{1}</message>", "<message a='<'/>", "<<<>>></<<>", "<message>a & b</message>", "<message>&#0;</message>", "<1a/>"]
+        {
+            let ev = events(&format!("{HEAD}{bad}"), Limits::default()).await;
+            assert!(matches!(ev.last(), Some(Err(XmlError::NotWellFormed(_)))), "{bad}: {ev:?}");
+        }
+        let ev = events("GET / HTTP/1.1\r\n", Limits::default()).await;
+        assert!(matches!(ev.last(), Some(Err(XmlError::NotWellFormed(_)))), "{ev:?}");
+    }
+
+    #[tokio::test]
+    async fn the_size_limit_is_exact() {
+        let limits = Limits { max_element_bytes: 1000, max_depth: 8 };
+        let fits = format!("<message><body>{}</body></message>", "x".repeat(1000 - 32));
+        assert_eq!(fits.len(), 1000);
+        let ev = events(&format!("{HEAD}{fits}</stream:stream>"), limits).await;
+        assert!(matches!(ev[1], Ok(XmlEvent::Element(_))), "{ev:?}");
+        let over = format!("<message><body>{}</body></message>", "x".repeat(1000 - 31));
+        let ev = events(&format!("{HEAD}{over}</stream:stream>"), limits).await;
+        assert!(matches!(ev.last(), Some(Err(XmlError::TooLarge))), "{ev:?}");
     }
 
     #[tokio::test]

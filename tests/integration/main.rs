@@ -4,6 +4,7 @@ mod binary;
 mod common;
 mod core;
 mod fault;
+mod hostile;
 mod im;
 mod sm;
 mod sync;
