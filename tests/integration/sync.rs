@@ -291,3 +291,44 @@ crate::on_both!(
     preferences_and_hints,
     carbons_copy_sent_and_received,
 );
+
+mod retention {
+    use super::*;
+    use starling::storage::archive::{ArchiveFilter, NewArchived};
+
+    async fn old_messages_are_expired(db: Db) {
+        let s = TestServer::start_with(db, |c| c.archive.retention_days = 1).await;
+        let now = starling::modules::mam::now_micros();
+        for (i, age_days) in [(0, 3i64), (1, 2), (2, 0)] {
+            let id = format!("r{i}");
+            s.storage
+                .archive_insert(&NewArchived {
+                    owner: "alice@localhost",
+                    stanza_id: &id,
+                    peer: "bob@localhost",
+                    peer_full: "bob@localhost/b",
+                    outgoing: false,
+                    ts: now - age_days * 86_400_000_000,
+                    origin_id: None,
+                    xml: "<message xmlns='jabber:client'><body>x</body></message>",
+                })
+                .await
+                .unwrap();
+        }
+        let server = s.running.as_ref().unwrap().server.clone();
+        tokio::spawn(starling::modules::mam::retention_task(server));
+        let filter = ArchiveFilter { owner: "alice@localhost".into(), limit: 10, ..Default::default() };
+        let mut left = Vec::new();
+        for _ in 0..50 {
+            left = s.storage.archive_query(&filter).await.unwrap().into_iter().map(|r| r.stanza_id).collect();
+            if left.len() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(left, vec!["r2"], "only the message younger than the retention period stays");
+        s.stop().await;
+    }
+
+    crate::on_both!(old_messages_are_expired);
+}
