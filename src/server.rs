@@ -29,6 +29,8 @@ pub struct Server {
     pub started: Instant,
     /// Becomes `true` once when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Archiving preferences of active accounts (XEP-0313), read on every archived message.
+    pub archive_prefs: crate::modules::mam::PrefsCache,
     /// Payload namespace -> handler, built once from [`MODULES`].
     pub iq_handlers: HashMap<&'static str, &'static IqHandler>,
 }
@@ -77,6 +79,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         storage,
         sessions: SessionRegistry::new(),
         resumable: Default::default(),
+        archive_prefs: Default::default(),
         tls,
         started: Instant::now(),
         shutdown,

@@ -93,16 +93,52 @@ fn parse_datetime(s: &str) -> Result<i64, StanzaError> {
     Ok((t.unix_timestamp_nanos() / 1000) as i64)
 }
 
-/// Does `owner`'s preference allow archiving a message exchanged with `peer`?
-async fn allowed(server: &Server, owner: &BareJid, peer: &BareJid) -> bool {
-    let prefs = match server.storage.archive_prefs(owner.as_str()).await {
-        Ok(p) => p,
+/// Archiving preferences of active accounts, so archiving a message costs no extra query.
+/// A load never overwrites a newer value written by a preference change.
+#[derive(Default)]
+pub struct PrefsCache {
+    map: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Prefs>>>,
+}
+
+/// Entries kept before the cache starts over.
+const PREFS_CACHE_MAX: usize = 100_000;
+
+impl PrefsCache {
+    fn get(&self, owner: &str) -> Option<std::sync::Arc<Prefs>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).get(owner).cloned()
+    }
+
+    fn insert(&self, owner: &str, p: Prefs, overwrite: bool) -> std::sync::Arc<Prefs> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= PREFS_CACHE_MAX {
+            map.clear();
+        }
+        let p = std::sync::Arc::new(p);
+        if overwrite {
+            map.insert(owner.to_string(), p.clone());
+            p
+        } else {
+            map.entry(owner.to_string()).or_insert(p).clone()
+        }
+    }
+}
+
+async fn prefs_of(server: &Server, owner: &BareJid) -> std::sync::Arc<Prefs> {
+    if let Some(p) = server.archive_prefs.get(owner.as_str()) {
+        return p;
+    }
+    match server.storage.archive_prefs(owner.as_str()).await {
+        Ok(p) => server.archive_prefs.insert(owner.as_str(), p.unwrap_or_else(|| default_prefs(server)), false),
         Err(e) => {
             tracing::error!(error = %e, "loading archive preferences");
-            None
+            std::sync::Arc::new(default_prefs(server))
         }
-    };
-    let p = prefs.unwrap_or_else(|| default_prefs(server));
+    }
+}
+
+/// Does `owner`'s preference allow archiving a message exchanged with `peer`?
+async fn allowed(server: &Server, owner: &BareJid, peer: &BareJid) -> bool {
+    let p = prefs_of(server, owner).await;
     if p.never.iter().any(|j| j == peer.as_str()) {
         return false;
     }
@@ -163,13 +199,11 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
             ("query", true) => query(server, &owner, req.from, req.payload).await,
             ("query", false) => Ok(Some(form())),
             ("metadata", false) => metadata(server, &owner).await,
-            ("prefs", false) => {
-                let p = server.storage.archive_prefs(owner.as_str()).await?.unwrap_or_else(|| default_prefs(server));
-                Ok(Some(prefs_element(&p)))
-            }
+            ("prefs", false) => Ok(Some(prefs_element(&*prefs_of(server, &owner).await))),
             ("prefs", true) => {
                 let p = parse_prefs(req.payload)?;
                 server.storage.set_archive_prefs(owner.as_str(), &p).await?;
+                let p = server.archive_prefs.insert(owner.as_str(), p, true);
                 Ok(Some(prefs_element(&p)))
             }
             _ => Err(Condition::BadRequest.into()),

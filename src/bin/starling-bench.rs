@@ -1,0 +1,1663 @@
+//! `starling-bench`: the XMPP load generator of the side-by-side benchmark (bench/compare).
+//!
+//! It speaks real XMPP over TCP to any server listening on a loopback address (127.0.0.0/8):
+//! STARTTLS or direct TLS (XEP-0368), SCRAM-SHA-1 or SCRAM-SHA-256 (the best the server offers,
+//! or `--mech`), resource binding, roster get and initial presence, exactly as a client would.
+//! Every scenario is bounded in count and time (`--max-seconds`), stops by itself and prints one
+//! JSON line on stdout; `report` turns collected lines into Markdown tables.
+//!
+//! Server figures come from /proc of `--server-pid`: CPU is utime + stime of the whole process
+//! (all its threads, /proc/PID/stat), memory is VmRSS (/proc/PID/status) and Pss
+//! (/proc/PID/smaps_rollup). The generator shares the machine with the server, so per-unit
+//! server CPU is the headline figure, not wall-clock throughput.
+//!
+//! Accounts are `PREFIX1` .. `PREFIXn` (`--user-prefix`, `--accounts`), all with `--password`;
+//! the archive scenario also uses an owner account (`--owner`). Connections come from several
+//! source addresses 127.0.0.1 .. 127.0.0.N (`--source-addrs`) so that many sessions get past
+//! the ephemeral port range, and RLIMIT_NOFILE is raised at start.
+//!
+//! Seeding the archive: by default the peers send the messages over XMPP to the online owner
+//! (every server archives them its own way). `--seed-sqlite PATH`, for Starling only, instead
+//! inserts the rows straight into Starling's `archive` table (schema/sqlite/0002_archive.sql):
+//! for message n, one incoming row for the owner and one outgoing row for the peer, each with
+//! its own stanza-id, the stored stanza as Starling stores it (`<message xmlns='jabber:client'
+//! ...>` with the recipient copy's `<stanza-id/>`) and timestamps one millisecond apart.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use clap::{Args, Parser, Subcommand};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::{json, Value};
+use starling::sasl::credentials::Hash;
+use starling::xml::{ns, Element, Limits, XmlEvent, XmlReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::JoinHandle;
+
+const NS_MAM: &str = "urn:xmpp:mam:2";
+const NS_MAM_EXT: &str = "urn:xmpp:mam:2#extended";
+const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+
+/// Upper bounds on every count, so no run can be unbounded by mistake.
+const MAX_SESSIONS: usize = 250_000;
+const MAX_COUNT: usize = 10_000_000;
+const MAX_SECONDS: u64 = 3600;
+
+#[derive(Parser)]
+#[command(name = "starling-bench", version, about = "XMPP load generator: idle, login, chat and archive scenarios (loopback servers only)")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// N authenticated, available TLS sessions held open; server memory per session.
+    Idle {
+        #[command(flatten)]
+        t: Target,
+        /// Sessions to hold open.
+        #[arg(long)]
+        sessions: usize,
+        /// Resources per account (sessions i*R .. i*R+R-1 share account i+1).
+        #[arg(long, default_value_t = 4)]
+        resources: usize,
+        /// Logins in flight while setting up.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Seconds to wait once every session is up, before measuring.
+        #[arg(long, default_value_t = 5)]
+        settle: u64,
+        /// Logins (opened and closed) before the "before" measurement, to load what the server
+        /// loads lazily.
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+    },
+    /// Full logins (TCP, TLS, SASL, bind, roster, presence, then close); logins per second and
+    /// server CPU per login.
+    Login {
+        #[command(flatten)]
+        t: Target,
+        /// Logins to perform.
+        #[arg(long)]
+        count: usize,
+        /// Logins in flight.
+        #[arg(long, default_value_t = 20)]
+        concurrency: usize,
+    },
+    /// P online pairs exchanging 1:1 chat messages at a fixed total rate (or at saturation).
+    Chat {
+        #[command(flatten)]
+        t: Target,
+        /// Pairs of sessions (accounts 1..2P).
+        #[arg(long)]
+        pairs: usize,
+        /// Total offered messages per second; 0 = saturation (each sender keeps --window in flight).
+        #[arg(long)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long)]
+        seconds: u64,
+        /// Messages in flight per sender at saturation (--rate 0).
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 100)]
+        body: usize,
+        /// Extra idle sessions online during the run (accounts after the pairs', --resources each).
+        #[arg(long, default_value_t = 0)]
+        background: usize,
+        /// Resources per account for the background sessions.
+        #[arg(long, default_value_t = 4)]
+        resources: usize,
+        /// Logins in flight while setting up.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Seconds to wait for messages still in flight after sending stops.
+        #[arg(long, default_value_t = 10)]
+        drain: u64,
+    },
+    /// Seed an account's archive, then time MAM queries (urn:xmpp:mam:2): a 50-message page,
+    /// a `with` query and an `after-id` sync query.
+    Archive {
+        #[command(flatten)]
+        t: Target,
+        /// Messages to seed into the owner's archive.
+        #[arg(long)]
+        messages: usize,
+        /// Account whose archive is seeded and queried (localpart).
+        #[arg(long, default_value = "archive")]
+        owner: String,
+        /// Peers (accounts 1..K) the messages come from.
+        #[arg(long, default_value_t = 10)]
+        peers: usize,
+        /// Repetitions of each query type.
+        #[arg(long, default_value_t = 100)]
+        queries: usize,
+        /// Starling only: insert the rows into this SQLite database's `archive` table instead of
+        /// sending messages.
+        #[arg(long)]
+        seed_sqlite: Option<PathBuf>,
+        /// Messages sent but not yet received by the owner while seeding over XMPP.
+        #[arg(long, default_value_t = 200)]
+        window: usize,
+        /// Skip seeding (the archive already holds the messages).
+        #[arg(long)]
+        no_seed: bool,
+    },
+    /// Turn JSON lines from the scenarios into Markdown tables, with the ratios of --subject to
+    /// every other server.
+    Report {
+        /// Files of JSON lines (one scenario result per line).
+        files: Vec<PathBuf>,
+        /// The server the ratios are computed for (label given with --label).
+        #[arg(long, default_value = "starling")]
+        subject: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    /// Server c2s address (IPv4 in 127.0.0.0/8, with port).
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    server: SocketAddr,
+    /// XMPP domain of the accounts.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Connect with direct TLS (XEP-0368, ALPN xmpp-client) instead of STARTTLS.
+    #[arg(long)]
+    direct_tls: bool,
+    /// Server process id, for CPU and memory figures from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Name of the server in the JSON output.
+    #[arg(long, default_value = "server")]
+    label: String,
+    /// Accounts are PREFIX1 .. PREFIXn.
+    #[arg(long, default_value = "bench")]
+    user_prefix: String,
+    /// Password of every account.
+    #[arg(long, default_value = "bench")]
+    password: String,
+    /// Number of accounts PREFIX1 .. PREFIXn that exist.
+    #[arg(long)]
+    accounts: usize,
+    /// Source addresses 127.0.0.1 .. 127.0.0.N used in turn.
+    #[arg(long, default_value_t = 8)]
+    source_addrs: u8,
+    /// SASL mechanism: auto (best offered of SCRAM-SHA-256, SCRAM-SHA-1), SCRAM-SHA-1, SCRAM-SHA-256.
+    #[arg(long, default_value = "auto")]
+    mech: String,
+    /// Bound on the whole run in seconds; the run is abandoned (and reported) past it.
+    #[arg(long, default_value_t = 900)]
+    max_seconds: u64,
+    /// Seconds to wait for any single server answer.
+    #[arg(long, default_value_t = 60)]
+    step_timeout: u64,
+    /// Worker threads of the generator.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state
+
+struct Ctx {
+    t: Target,
+    starttls: tokio_rustls::TlsConnector,
+    direct: tokio_rustls::TlsConnector,
+    next_src: AtomicUsize,
+    /// (mechanism, TLS version and suite) of the first successful login.
+    negotiated: OnceLock<(String, String)>,
+    /// SCRAM salted passwords by (hash, user, salt, iterations): clients may cache them
+    /// (RFC 5802 section 5.1), and it keeps the generator's CPU for the sessions.
+    salted: Mutex<HashMap<(u8, String, Vec<u8>, u32), Vec<u8>>>,
+}
+
+static CTX: OnceLock<Ctx> = OnceLock::new();
+static START: OnceLock<Instant> = OnceLock::new();
+
+fn ctx() -> &'static Ctx {
+    CTX.get().expect("context set at start")
+}
+
+/// Microseconds since the generator started (the clock of latency timestamps).
+fn now_us() -> u64 {
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+fn step() -> Duration {
+    Duration::from_secs(ctx().t.step_timeout)
+}
+
+fn account(i: usize) -> String {
+    format!("{}{}", ctx().t.user_prefix, i)
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc figures
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if v > 0 {
+        v as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime of the process (all threads), in seconds.
+fn proc_cpu_s(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // The command name may hold spaces: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / clk_tck())
+}
+
+fn kib_field(path: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+}
+
+/// (VmRSS, Pss) in KiB.
+fn proc_mem_kib(pid: Option<u32>) -> (Option<u64>, Option<u64>) {
+    let Some(pid) = pid else { return (None, None) };
+    (kib_field(&format!("/proc/{pid}/status"), "VmRSS:"), kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:"))
+}
+
+fn own_rss_kib() -> Option<u64> {
+    kib_field("/proc/self/status", "VmRSS:")
+}
+
+fn raise_nofile() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain libc calls with a valid pointer to a local.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        let want = libc::rlimit { rlim_cur: 1 << 20, rlim_max: (1 << 20).max(lim.rlim_max) };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            let soft = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &soft);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (v * m).round() / m
+}
+
+/// The q-quantile (0..=1) of sorted values, nearest rank.
+fn quantile(sorted: &[u64], q: f64) -> Option<u64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn ms(us: Option<u64>) -> Value {
+    us.map(|v| json!(round(v as f64 / 1000.0, 3))).unwrap_or(Value::Null)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transport and TLS
+
+/// Accepts any certificate: benchmark servers use self-signed ones.
+#[derive(Debug)]
+struct AcceptAny;
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn connector(alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_no_client_auth();
+    // Every login is a full handshake.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    if let Some(a) = alpn {
+        cfg.alpn_protocols = vec![a.to_vec()];
+    }
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+type Reader = XmlReader<ReadHalf<Transport>>;
+type Writer = WriteHalf<Transport>;
+
+fn limits() -> Limits {
+    Limits { max_element_bytes: 16 << 20, max_depth: 128 }
+}
+
+/// TCP connection from the next source address 127.0.0.x, without reserving a port at bind time
+/// (IP_BIND_ADDRESS_NO_PORT), so each source address gets its own ephemeral port range.
+async fn tcp_connect() -> Result<TcpStream, String> {
+    let c = ctx();
+    let n = c.next_src.fetch_add(1, Ordering::Relaxed);
+    let src = Ipv4Addr::new(127, 0, 0, 1 + (n % c.t.source_addrs.max(1) as usize) as u8);
+    let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd, pointer to a local c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+    sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).map_err(|e| format!("bind {src}: {e}"))?;
+    let s = tokio::time::timeout(step(), sock.connect(c.t.server))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect {} from {src}: {e}", c.t.server))?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+async fn tls_handshake(tcp: TcpStream, direct: bool) -> Result<Transport, String> {
+    let c = ctx();
+    let name = ServerName::try_from(c.t.domain.clone()).map_err(|e| format!("domain: {e}"))?;
+    let conn = if direct { &c.direct } else { &c.starttls };
+    let tls = tokio::time::timeout(step(), conn.connect(name, tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    if c.negotiated.get().is_none() {
+        let s = tls.get_ref().1;
+        let v = format!(
+            "{} {}",
+            s.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+            s.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default()
+        );
+        let _ = TLS_INFO.set(v);
+    }
+    Ok(Transport::Tls(Box::new(tls)))
+}
+
+static TLS_INFO: OnceLock<String> = OnceLock::new();
+
+// ---------------------------------------------------------------------------------------------
+// Stream plumbing
+
+async fn write(w: &mut Writer, data: &str) -> Result<(), String> {
+    w.write_all(data.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+    w.flush().await.map_err(|e| format!("flush: {e}"))
+}
+
+/// The next top-level element; stream errors and closes are errors.
+async fn next_el(rd: &mut Reader) -> Result<Element, String> {
+    loop {
+        match tokio::time::timeout(step(), rd.next()).await {
+            Err(_) => return Err("timed out waiting for the server".into()),
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Ok(Ok(XmlEvent::StreamClose)) => return Err("server closed the stream".into()),
+            Ok(Ok(XmlEvent::StreamOpen(_))) => continue,
+            Ok(Ok(XmlEvent::Element(e))) => {
+                if e.is("error", ns::STREAM) {
+                    return Err(format!("stream error: {e}"));
+                }
+                return Ok(e);
+            }
+        }
+    }
+}
+
+async fn open_stream(rd: &mut Reader, wr: &mut Writer) -> Result<Element, String> {
+    let domain = &ctx().t.domain;
+    write(
+        wr,
+        &format!("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}' version='1.0'>"),
+    )
+    .await?;
+    match tokio::time::timeout(step(), rd.next()).await {
+        Ok(Ok(XmlEvent::StreamOpen(_))) => {}
+        Ok(Ok(other)) => return Err(format!("expected a stream header, got {other:?}")),
+        Ok(Err(e)) => return Err(format!("stream header: {e}")),
+        Err(_) => return Err("timed out waiting for the stream header".into()),
+    }
+    let f = next_el(rd).await?;
+    if !f.is("features", ns::STREAM) {
+        return Err(format!("expected stream features, got {f}"));
+    }
+    Ok(f)
+}
+
+/// Wait for the iq result (or error) with this id; other elements are skipped.
+async fn wait_iq(rd: &mut Reader, id: &str) -> Result<Element, String> {
+    loop {
+        let e = next_el(rd).await?;
+        if e.name == "iq" && e.get_attr("id") == Some(id) && matches!(e.get_attr("type"), Some("result") | Some("error")) {
+            return Ok(e);
+        }
+    }
+}
+
+fn hash_id(h: Hash) -> u8 {
+    match h {
+        Hash::Sha1 => 1,
+        Hash::Sha256 => 2,
+    }
+}
+
+/// SCRAM (RFC 5802) without channel binding (gs2 header "n,,").
+async fn scram(rd: &mut Reader, wr: &mut Writer, mech: &str, user: &str) -> Result<(), String> {
+    let c = ctx();
+    let hash = if mech == "SCRAM-SHA-256" { Hash::Sha256 } else { Hash::Sha1 };
+    let cnonce: String = rand::thread_rng().sample_iter(&Alphanumeric).take(24).map(char::from).collect();
+    let bare = format!("n={},r={cnonce}", user.replace('=', "=3D").replace(',', "=2C"));
+    write(wr, &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>", B64.encode(format!("n,,{bare}"))))
+        .await?;
+    let ch = next_el(rd).await?;
+    if !ch.is("challenge", ns::SASL) {
+        return Err(format!("SASL: expected a challenge, got {ch}"));
+    }
+    let server_first = String::from_utf8(B64.decode(ch.text_content().trim()).map_err(|e| format!("SASL base64: {e}"))?)
+        .map_err(|_| "SASL: server-first not UTF-8".to_string())?;
+    let (mut nonce, mut salt, mut iters) = (None, None, None);
+    for a in server_first.split(',') {
+        if let Some(v) = a.strip_prefix("r=") {
+            nonce = Some(v.to_string());
+        } else if let Some(v) = a.strip_prefix("s=") {
+            salt = B64.decode(v).ok();
+        } else if let Some(v) = a.strip_prefix("i=") {
+            iters = v.parse::<u32>().ok();
+        }
+    }
+    let (Some(nonce), Some(salt), Some(iters)) = (nonce, salt, iters) else {
+        return Err(format!("SASL: bad server-first {server_first}"));
+    };
+    if !nonce.starts_with(&cnonce) {
+        return Err("SASL: server nonce does not extend ours".into());
+    }
+    let key = (hash_id(hash), user.to_string(), salt.clone(), iters);
+    let cached = c.salted.lock().unwrap().get(&key).cloned();
+    let salted = match cached {
+        Some(s) => s,
+        None => {
+            let s = hash.salted_password(c.t.password.as_bytes(), &salt, iters);
+            c.salted.lock().unwrap().insert(key, s.clone());
+            s
+        }
+    };
+    let client_key = hash.hmac(&salted, b"Client Key");
+    let stored = hash.digest(&client_key);
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let sig = hash.hmac(&stored, auth_message.as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+    let server_sig = hash.hmac(&hash.hmac(&salted, b"Server Key"), auth_message.as_bytes());
+    write(
+        wr,
+        &format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            B64.encode(format!("{without_proof},p={}", B64.encode(proof)))
+        ),
+    )
+    .await?;
+    let check = |el: &Element| -> Result<(), String> {
+        let data = B64.decode(el.text_content().trim()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&data);
+        match text.strip_prefix("v=").and_then(|v| B64.decode(v).ok()) {
+            Some(v) if v == server_sig => Ok(()),
+            _ => Err("SASL: server signature does not verify".into()),
+        }
+    };
+    let mut r = next_el(rd).await?;
+    if r.is("challenge", ns::SASL) {
+        // Additional data with success sent as a challenge (RFC 6120 section 6.3.10).
+        check(&r)?;
+        write(wr, "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await?;
+        r = next_el(rd).await?;
+        if r.is("success", ns::SASL) {
+            return Ok(());
+        }
+    }
+    if !r.is("success", ns::SASL) {
+        return Err(format!("SASL failed: {r}"));
+    }
+    check(&r)
+}
+
+/// An authenticated, bound session.
+struct Session {
+    rd: Reader,
+    wr: Writer,
+    jid: String,
+}
+
+/// A full login: TCP, STARTTLS (or direct TLS), SCRAM, bind, roster get, initial presence. The
+/// login is complete when a ping sent after the presence is answered (the server handles a
+/// session's stanzas in order).
+async fn login(user: &str, resource: &str) -> Result<Session, String> {
+    let c = ctx();
+    let tcp = tcp_connect().await?;
+    let t = if c.t.direct_tls { tls_handshake(tcp, true).await? } else { Transport::Plain(tcp) };
+    let (r, w) = tokio::io::split(t);
+    let mut rd = XmlReader::new(r, limits());
+    let mut wr = w;
+    let mut features = open_stream(&mut rd, &mut wr).await?;
+    if !c.t.direct_tls {
+        if features.find("starttls", ns::TLS).is_none() {
+            return Err("server offers no STARTTLS".into());
+        }
+        write(&mut wr, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await?;
+        let p = next_el(&mut rd).await?;
+        if !p.is("proceed", ns::TLS) {
+            return Err(format!("STARTTLS refused: {p}"));
+        }
+        let r = rd.into_inner().map_err(|e| format!("STARTTLS: {e}"))?;
+        let Transport::Plain(tcp) = r.unsplit(wr) else { return Err("already TLS".into()) };
+        let (r, w) = tokio::io::split(tls_handshake(tcp, false).await?);
+        rd = XmlReader::new(r, limits());
+        wr = w;
+        features = open_stream(&mut rd, &mut wr).await?;
+    }
+    let offered: Vec<String> = features
+        .find("mechanisms", ns::SASL)
+        .map(|m| m.elements().map(|e| e.text_content().trim().to_string()).collect())
+        .unwrap_or_default();
+    let mech = match c.t.mech.as_str() {
+        "auto" => ["SCRAM-SHA-256", "SCRAM-SHA-1"]
+            .into_iter()
+            .find(|m| offered.iter().any(|o| o == m))
+            .ok_or_else(|| format!("no SCRAM mechanism offered: {offered:?}"))?,
+        m if offered.iter().any(|o| o == m) => m,
+        m => return Err(format!("{m} not offered: {offered:?}")),
+    };
+    scram(&mut rd, &mut wr, mech, user).await?;
+    rd = rd.restart();
+    let features = open_stream(&mut rd, &mut wr).await?;
+    write(
+        &mut wr,
+        &format!("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"),
+    )
+    .await?;
+    let b = wait_iq(&mut rd, "b1").await?;
+    let jid = b
+        .find("bind", ns::BIND)
+        .and_then(|b| b.find("jid", ns::BIND))
+        .map(|j| j.text_content())
+        .ok_or_else(|| format!("bind failed: {b}"))?;
+    if let Some(s) = features.find("session", ns::SESSION) {
+        if s.elements().all(|e| e.name != "optional") {
+            write(&mut wr, "<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>").await?;
+            wait_iq(&mut rd, "s1").await?;
+        }
+    }
+    write(
+        &mut wr,
+        &format!("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq><presence/><iq type='get' id='p1' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>", c.t.domain),
+    )
+    .await?;
+    let r = wait_iq(&mut rd, "r1").await?;
+    if r.get_attr("type") != Some("result") {
+        return Err(format!("roster get failed: {r}"));
+    }
+    wait_iq(&mut rd, "p1").await?;
+    let _ = c.negotiated.set((mech.to_string(), TLS_INFO.get().cloned().unwrap_or_default()));
+    Ok(Session { rd, wr, jid })
+}
+
+impl Session {
+    /// Close the stream and wait (bounded) for the server to close its side.
+    async fn close(mut self) {
+        if write(&mut self.wr, "</stream:stream>").await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, self.rd.next()).await {
+                Ok(Ok(XmlEvent::Element(_))) | Ok(Ok(XmlEvent::StreamOpen(_))) => continue,
+                _ => break,
+            }
+        }
+        let _ = self.wr.shutdown().await;
+    }
+}
+
+/// Answer server pings and other requests so a held session stays a good citizen.
+async fn answer_iq(wr: &mut Writer, e: &Element) {
+    if e.name == "iq" && matches!(e.get_attr("type"), Some("get") | Some("set")) {
+        let id = e.get_attr("id").unwrap_or("");
+        let reply = match e.get_attr("from") {
+            Some(f) => format!("<iq type='result' id='{}' to='{}'/>", starling::xml::escape(id), starling::xml::escape(f)),
+            None => format!("<iq type='result' id='{}'/>", starling::xml::escape(id)),
+        };
+        let _ = write(wr, &reply).await;
+    }
+}
+
+/// Keep a session open, reading (and discarding) what arrives, until `stop`.
+fn hold(mut s: Session, mut stop: watch::Receiver<bool>, dropped: Arc<AtomicUsize>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                ev = s.rd.next() => match ev {
+                    Ok(XmlEvent::Element(e)) => answer_iq(&mut s.wr, &e).await,
+                    Ok(XmlEvent::StreamOpen(_)) => {}
+                    _ => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                },
+                _ = stop.changed() => break,
+            }
+        }
+        let _ = s.wr.write_all(b"</stream:stream>").await;
+        let _ = s.wr.shutdown().await;
+    })
+}
+
+/// Log in `users.len()` sessions with bounded concurrency; each is handed to `keep` as it comes
+/// up. Returns (successes, failures, first error, per-login latencies in µs).
+async fn login_many<F>(users: Vec<(String, String)>, concurrency: usize, keep: F) -> (usize, usize, Option<String>, Vec<u64>)
+where
+    F: Fn(usize, Session) + Send + Sync + 'static,
+{
+    let sem = Arc::new(Semaphore::new(concurrency.max(1)));
+    let keep = Arc::new(keep);
+    let mut tasks = Vec::with_capacity(users.len());
+    for (i, (user, res)) in users.into_iter().enumerate() {
+        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        let keep = keep.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = login(&user, &res).await;
+            drop(permit);
+            match r {
+                Ok(s) => {
+                    keep(i, s);
+                    Ok(t.elapsed().as_micros() as u64)
+                }
+                Err(e) => Err(format!("{user}/{res}: {e}")),
+            }
+        }));
+    }
+    let (mut ok, mut failed, mut first_err, mut lat) = (0, 0, None, Vec::new());
+    for t in tasks {
+        match t.await {
+            Ok(Ok(us)) => {
+                ok += 1;
+                lat.push(us);
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                if first_err.is_none() {
+                    eprintln!("starling-bench: login failed: {e}");
+                    first_err = Some(e);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                first_err.get_or_insert_with(|| format!("task: {e}"));
+            }
+        }
+    }
+    (ok, failed, first_err, lat)
+}
+
+/// Base of every JSON result.
+fn base(scenario: &str, case: String) -> serde_json::Map<String, Value> {
+    let c = ctx();
+    let mut m = serde_json::Map::new();
+    m.insert("server".into(), json!(c.t.label));
+    m.insert("scenario".into(), json!(scenario));
+    m.insert("case".into(), json!(case));
+    m.insert("target".into(), json!(c.t.server.to_string()));
+    m.insert("transport".into(), json!(if c.t.direct_tls { "direct TLS" } else { "STARTTLS" }));
+    m
+}
+
+fn finish(mut m: serde_json::Map<String, Value>) -> Value {
+    let c = ctx();
+    if let Some((mech, tls)) = c.negotiated.get() {
+        m.insert("mech".into(), json!(mech));
+        m.insert("tls".into(), json!(tls));
+    }
+    m.insert("generator_rss_kib".into(), json!(own_rss_kib()));
+    Value::Object(m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+async fn idle(sessions: usize, resources: usize, concurrency: usize, settle: u64, warmup: usize) -> Value {
+    let c = ctx();
+    let pid = c.t.server_pid;
+    let resources = resources.max(1);
+    let mut m = base("idle", format!("idle, {sessions} sessions ({resources} resources per account)"));
+    m.insert("sessions".into(), json!(sessions));
+    m.insert("resources_per_account".into(), json!(resources));
+    let needed = sessions.div_ceil(resources);
+    if needed > c.t.accounts {
+        m.insert("error".into(), json!(format!("{needed} accounts needed, {} available", c.t.accounts)));
+        return finish(m);
+    }
+    if warmup > 0 {
+        let users = (0..warmup).map(|i| (account(i % needed.max(1) + 1), format!("w{i}"))).collect();
+        let _ = login_many(users, 4, |_, s| {
+            tokio::spawn(s.close());
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (rss0, pss0) = proc_mem_kib(pid);
+    let cpu0 = proc_cpu_s(pid);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let holders: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::with_capacity(sessions)));
+    let users = (0..sessions).map(|i| (account(i / resources + 1), format!("r{}", i % resources))).collect();
+    let t0 = Instant::now();
+    let (ok, failed, err, lat) = {
+        let holders = holders.clone();
+        let dropped = dropped.clone();
+        login_many(users, concurrency, move |_, s| holders.lock().unwrap().push(hold(s, stop_rx.clone(), dropped.clone()))).await
+    };
+    let setup = t0.elapsed().as_secs_f64();
+    let cpu1 = proc_cpu_s(pid);
+    tokio::time::sleep(Duration::from_secs(settle)).await;
+    let (rss1, pss1) = proc_mem_kib(pid);
+    let up = ok - dropped.load(Ordering::Relaxed).min(ok);
+    m.insert("sessions_up".into(), json!(up));
+    m.insert("login_failures".into(), json!(failed));
+    if let Some(e) = err {
+        m.insert("first_error".into(), json!(e));
+    }
+    m.insert("setup_s".into(), json!(round(setup, 2)));
+    let mut lat = lat;
+    lat.sort_unstable();
+    m.insert("login_p50_ms".into(), ms(quantile(&lat, 0.5)));
+    m.insert("login_p99_ms".into(), ms(quantile(&lat, 0.99)));
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        if ok > 0 {
+            m.insert("server_cpu_ms_per_login".into(), json!(round((b - a) * 1000.0 / ok as f64, 3)));
+        }
+    }
+    m.insert("rss_before_kib".into(), json!(rss0));
+    m.insert("rss_after_kib".into(), json!(rss1));
+    m.insert("pss_before_kib".into(), json!(pss0));
+    m.insert("pss_after_kib".into(), json!(pss1));
+    if up > 0 {
+        if let (Some(a), Some(b)) = (rss0, rss1) {
+            m.insert("rss_per_session_kib".into(), json!(round((b as f64 - a as f64) / up as f64, 2)));
+        }
+        if let (Some(a), Some(b)) = (pss0, pss1) {
+            m.insert("pss_per_session_kib".into(), json!(round((b as f64 - a as f64) / up as f64, 2)));
+        }
+    }
+    let result = finish(m);
+    let _ = stop_tx.send(true);
+    let handles = std::mem::take(&mut *holders.lock().unwrap());
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
+    result
+}
+
+async fn login_scenario(count: usize, concurrency: usize) -> Value {
+    let c = ctx();
+    let pid = c.t.server_pid;
+    let mut m = base("login", format!("login, {count} logins, {concurrency} in flight"));
+    m.insert("count".into(), json!(count));
+    m.insert("concurrency".into(), json!(concurrency));
+    let accounts = c.t.accounts.max(1);
+    let users = (0..count).map(|i| (account(i % accounts + 1), format!("l{i}"))).collect();
+    let closers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
+    let cpu0 = proc_cpu_s(pid);
+    let t0 = Instant::now();
+    // The close is part of the login cycle: it is waited for before the figures are taken.
+    let (ok, failed, err, mut lat) = {
+        let closers = closers.clone();
+        login_many(users, concurrency, move |_, s| closers.lock().unwrap().push(tokio::spawn(s.close()))).await
+    };
+    let handles = std::mem::take(&mut *closers.lock().unwrap());
+    for h in handles {
+        let _ = h.await;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu1 = proc_cpu_s(pid);
+    lat.sort_unstable();
+    m.insert("logins_ok".into(), json!(ok));
+    m.insert("failures".into(), json!(failed));
+    if let Some(e) = err {
+        m.insert("first_error".into(), json!(e));
+    }
+    m.insert("seconds".into(), json!(round(wall, 3)));
+    m.insert("logins_per_s".into(), json!(round(ok as f64 / wall, 1)));
+    m.insert("login_p50_ms".into(), ms(quantile(&lat, 0.5)));
+    m.insert("login_p99_ms".into(), ms(quantile(&lat, 0.99)));
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        m.insert("server_cpu_s".into(), json!(round(b - a, 3)));
+        if ok > 0 {
+            m.insert("server_cpu_ms_per_login".into(), json!(round((b - a) * 1000.0 / ok as f64, 3)));
+        }
+    }
+    finish(m)
+}
+
+fn body_of(e: &Element) -> Option<String> {
+    if e.name != "message" {
+        return None;
+    }
+    e.find("body", ns::CLIENT).map(|b| b.text_content())
+}
+
+struct ChatArgs {
+    pairs: usize,
+    rate: f64,
+    seconds: u64,
+    window: usize,
+    body: usize,
+    background: usize,
+    resources: usize,
+    concurrency: usize,
+    drain: u64,
+}
+
+async fn chat(a: ChatArgs) -> Value {
+    let c = ctx();
+    let pid = c.t.server_pid;
+    let n = a.pairs * 2;
+    let case = if a.rate > 0.0 {
+        format!("chat, {} pairs, {} msg/s offered, {} s", a.pairs, a.rate, a.seconds)
+    } else {
+        format!("chat, {} pairs, saturation (window {}), {} s", a.pairs, a.window, a.seconds)
+    };
+    let case = if a.background > 0 { format!("{case}, +{} idle sessions", a.background) } else { case };
+    let mut m = base("chat", case);
+    m.insert("pairs".into(), json!(a.pairs));
+    m.insert("offered_rate".into(), json!(a.rate));
+    m.insert("seconds".into(), json!(a.seconds));
+    m.insert("body_bytes".into(), json!(a.body));
+    m.insert("background_sessions".into(), json!(a.background));
+    let resources = a.resources.max(1);
+    let needed = n + a.background.div_ceil(resources);
+    if needed > c.t.accounts || n == 0 {
+        m.insert("error".into(), json!(format!("{needed} accounts needed, {} available", c.t.accounts)));
+        return finish(m);
+    }
+    // Background sessions first.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let holders: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
+    if a.background > 0 {
+        let users = (0..a.background).map(|i| (account(n + i / resources + 1), format!("bg{}", i % resources))).collect();
+        let holders = holders.clone();
+        let dropped = dropped.clone();
+        let rx = stop_rx.clone();
+        let (ok, _, err, _) =
+            login_many(users, a.concurrency, move |_, s| holders.lock().unwrap().push(hold(s, rx.clone(), dropped.clone()))).await;
+        m.insert("background_up".into(), json!(ok));
+        if let Some(e) = err {
+            m.insert("first_error".into(), json!(e));
+        }
+    }
+    // The pairs: session 2k talks to 2k+1.
+    let slots: Arc<Mutex<Vec<Option<Session>>>> = Arc::new(Mutex::new((0..n).map(|_| None).collect()));
+    let users = (0..n).map(|i| (account(i + 1), "chat".to_string())).collect();
+    let (ok, _, err, _) = {
+        let slots = slots.clone();
+        login_many(users, a.concurrency, move |i, s| slots.lock().unwrap()[i] = Some(s)).await
+    };
+    if ok < n {
+        m.insert("error".into(), json!(format!("only {ok} of {n} chat sessions logged in: {}", err.unwrap_or_default())));
+        let _ = stop_tx.send(true);
+        return finish(m);
+    }
+    let sessions: Vec<Session> = std::mem::take(&mut *slots.lock().unwrap()).into_iter().map(|s| s.expect("logged in")).collect();
+    let bare: Vec<String> = sessions.iter().map(|s| s.jid.split('/').next().unwrap_or("").to_string()).collect();
+    let received = Arc::new(AtomicU64::new(0));
+    let sems: Arc<Vec<Semaphore>> = Arc::new((0..n).map(|_| Semaphore::new(a.window.max(1))).collect());
+    let pad = "x".repeat(a.body.saturating_sub(24));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu0 = proc_cpu_s(pid);
+    let t0 = Instant::now();
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let end = start + Duration::from_secs(a.seconds);
+    let mut readers = Vec::with_capacity(n);
+    let mut senders = Vec::with_capacity(n);
+    for (i, s) in sessions.into_iter().enumerate() {
+        let Session { mut rd, mut wr, .. } = s;
+        let mut stop = stop_rx.clone();
+        let received = received.clone();
+        let sems = sems.clone();
+        let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        readers.push(tokio::spawn(async move {
+            let mut lat: Vec<u64> = Vec::new();
+            loop {
+                tokio::select! {
+                    ev = rd.next() => match ev {
+                        Ok(XmlEvent::Element(e)) => {
+                            if let Some(b) = body_of(&e) {
+                                if let Some(t) = b.strip_prefix("bench ").and_then(|r| r.split(' ').next()).and_then(|t| t.parse::<u64>().ok()) {
+                                    lat.push(now_us().saturating_sub(t));
+                                    received.fetch_add(1, Ordering::Relaxed);
+                                    sems[i ^ 1].add_permits(1);
+                                }
+                            } else if e.name == "iq" && matches!(e.get_attr("type"), Some("get") | Some("set")) {
+                                let _ = reply_tx.send(format!("<iq type='result' id='{}'/>", starling::xml::escape(e.get_attr("id").unwrap_or(""))));
+                            }
+                        }
+                        Ok(XmlEvent::StreamOpen(_)) => {}
+                        _ => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+            lat
+        }));
+        let to = bare[i ^ 1].clone();
+        let pad = pad.clone();
+        let sems = sems.clone();
+        let (rate, n_f) = (a.rate, n as f64);
+        senders.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            let mut failed = None;
+            let mut send =
+                |seq: u64| format!("<message to='{to}' type='chat' id='m{i}-{seq}'><body>bench {} {pad}</body></message>", now_us());
+            if rate > 0.0 {
+                let period = Duration::from_secs_f64(n_f / rate);
+                let mut iv = tokio::time::interval_at(start + Duration::from_secs_f64(i as f64 / rate), period);
+                iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                loop {
+                    let at = iv.tick().await;
+                    if at >= end {
+                        break;
+                    }
+                    while let Ok(r) = reply_rx.try_recv() {
+                        let _ = write(&mut wr, &r).await;
+                    }
+                    if let Err(e) = write(&mut wr, &send(sent)).await {
+                        failed = Some(e);
+                        break;
+                    }
+                    sent += 1;
+                }
+            } else {
+                tokio::time::sleep_until(start).await;
+                loop {
+                    tokio::select! {
+                        p = sems[i].acquire() => {
+                            if let Ok(p) = p { p.forget() }
+                        }
+                        _ = tokio::time::sleep_until(end) => break,
+                    }
+                    if let Err(e) = write(&mut wr, &send(sent)).await {
+                        failed = Some(e);
+                        break;
+                    }
+                    sent += 1;
+                }
+            }
+            (sent, wr, failed)
+        }));
+    }
+    let mut sent = 0u64;
+    let mut writers = Vec::with_capacity(n);
+    let mut send_err = None;
+    for s in senders {
+        if let Ok((k, wr, e)) = s.await {
+            sent += k;
+            writers.push(wr);
+            if e.is_some() && send_err.is_none() {
+                send_err = e;
+            }
+        }
+    }
+    let send_secs = t0.elapsed().as_secs_f64();
+    let drain_deadline = Instant::now() + Duration::from_secs(a.drain);
+    while received.load(Ordering::Relaxed) < sent && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu1 = proc_cpu_s(pid);
+    let _ = stop_tx.send(true);
+    let mut lat = Vec::new();
+    for r in readers {
+        if let Ok(v) = r.await {
+            lat.extend(v);
+        }
+    }
+    lat.sort_unstable();
+    let delivered = lat.len() as u64;
+    m.insert("sent".into(), json!(sent));
+    m.insert("delivered".into(), json!(delivered));
+    m.insert("lost".into(), json!(sent.saturating_sub(delivered)));
+    m.insert("send_rate".into(), json!(round(sent as f64 / a.seconds.max(1) as f64, 1)));
+    m.insert("send_seconds".into(), json!(round(send_secs, 2)));
+    if let Some(e) = send_err {
+        m.insert("send_error".into(), json!(e));
+    }
+    m.insert("latency_p50_ms".into(), ms(quantile(&lat, 0.5)));
+    m.insert("latency_p99_ms".into(), ms(quantile(&lat, 0.99)));
+    m.insert("latency_max_ms".into(), ms(lat.last().copied()));
+    if let (Some(x), Some(y)) = (cpu0, cpu1) {
+        m.insert("server_cpu_s".into(), json!(round(y - x, 3)));
+        if delivered > 0 {
+            m.insert("server_cpu_s_per_1000".into(), json!(round((y - x) * 1000.0 / delivered as f64, 4)));
+        }
+    }
+    let result = finish(m);
+    for mut w in writers {
+        let _ = w.write_all(b"</stream:stream>").await;
+        let _ = w.shutdown().await;
+    }
+    let handles = std::mem::take(&mut *holders.lock().unwrap());
+    for h in handles {
+        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    }
+    result
+}
+
+/// One MAM query; returns (messages received, RSM first, RSM last, RSM count, elapsed µs).
+async fn mam_query(
+    s: &mut Session,
+    id: &str,
+    fields: &[(&str, &str)],
+    rsm: &str,
+) -> Result<(usize, Option<String>, Option<String>, Option<u64>, u64), String> {
+    let mut form = String::new();
+    if !fields.is_empty() {
+        form.push_str("<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>");
+        for (k, v) in fields {
+            form.push_str(&format!("<field var='{k}'><value>{}</value></field>", starling::xml::escape(v)));
+        }
+        form.push_str("</x>");
+    }
+    let t = Instant::now();
+    write(
+        &mut s.wr,
+        &format!("<iq type='set' id='{id}'><query xmlns='{NS_MAM}' queryid='{id}'>{form}<set xmlns='{NS_RSM}'>{rsm}</set></query></iq>"),
+    )
+    .await?;
+    let mut count = 0;
+    loop {
+        let e = next_el(&mut s.rd).await?;
+        if e.name == "message" {
+            if e.find("result", NS_MAM).is_some_and(|r| r.get_attr("queryid") == Some(id)) {
+                count += 1;
+            }
+            continue;
+        }
+        if e.name == "iq" && e.get_attr("id") == Some(id) {
+            let us = t.elapsed().as_micros() as u64;
+            if e.get_attr("type") != Some("result") {
+                return Err(format!("MAM query refused: {e}"));
+            }
+            let set = e.find("fin", NS_MAM).and_then(|f| f.find("set", NS_RSM));
+            let get = |n: &str| set.and_then(|s| s.find(n, NS_RSM)).map(|x| x.text_content());
+            let total = get("count").and_then(|c| c.trim().parse().ok());
+            return Ok((count, get("first"), get("last"), total, us));
+        }
+    }
+}
+
+async fn seed_sqlite(path: &std::path::Path, owner: &str, peers: &[String], messages: usize) -> Result<(), String> {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let opts = SqliteConnectOptions::new().filename(path).busy_timeout(Duration::from_secs(60)).create_if_missing(false);
+    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.map_err(|e| format!("open {}: {e}", path.display()))?;
+    let run: String = rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    let pad = "x".repeat(60);
+    const BATCH: usize = 500;
+    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
+    let mut i = 0;
+    while i < messages {
+        let hi = (i + BATCH).min(messages);
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO archive (owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml) ",
+        );
+        q.push_values((i..hi).flat_map(|k| [(k, false), (k, true)]), |mut b, (k, out)| {
+            let peer = &peers[k % peers.len()];
+            let ts = now - ((messages - k) as i64) * 1000;
+            let sid = format!("seed{run}{k:09}{}", if out { "o" } else { "i" });
+            let body = format!("archive seed message {k} {pad}");
+            let (row_owner, row_peer, row_peer_full, xml) = if out {
+                (
+                    peer.clone(),
+                    owner.to_string(),
+                    owner.to_string(),
+                    format!("<message xmlns='jabber:client' from='{peer}/seed' to='{owner}' type='chat' id='s{k}'><body>{body}</body></message>"),
+                )
+            } else {
+                (
+                    owner.to_string(),
+                    peer.clone(),
+                    format!("{peer}/seed"),
+                    format!("<message xmlns='jabber:client' from='{peer}/seed' to='{owner}' type='chat' id='s{k}'><body>{body}</body><stanza-id xmlns='urn:xmpp:sid:0' id='{sid}' by='{owner}'/></message>"),
+                )
+            };
+            b.push_bind(row_owner).push_bind(sid).push_bind(row_peer).push_bind(row_peer_full).push_bind(out as i64).push_bind(ts).push_bind(Option::<String>::None).push_bind(xml);
+        });
+        q.build().execute(&mut *tx).await.map_err(|e| format!("insert: {e}"))?;
+        i = hi;
+        if i % 50_000 == 0 {
+            tx.commit().await.map_err(|e| e.to_string())?;
+            tx = pool.begin().await.map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().await.map_err(|e| e.to_string())?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Seed over XMPP: the peers send to the online owner, at most `window` ahead of what it received.
+async fn seed_xmpp(owner: &str, peers: usize, messages: usize, window: usize) -> Result<(), String> {
+    let mut o = login(owner, "seed").await?;
+    let mut ps = Vec::with_capacity(peers);
+    for k in 0..peers {
+        ps.push(login(&account(k + 1), "seed").await?);
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let notify = Arc::new(Notify::new());
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let reader = {
+        let received = received.clone();
+        let notify = notify.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = o.rd.next() => match ev {
+                        Ok(XmlEvent::Element(e)) => {
+                            if body_of(&e).is_some_and(|b| b.starts_with("archive seed")) {
+                                received.fetch_add(1, Ordering::Relaxed);
+                                notify.notify_one();
+                            }
+                        }
+                        Ok(XmlEvent::StreamOpen(_)) => {}
+                        _ => break,
+                    },
+                    _ = stop_rx.changed() => break,
+                }
+            }
+            o
+        })
+    };
+    let to = format!("{owner}@{}", ctx().t.domain);
+    let pad = "x".repeat(60);
+    let mut batch: Vec<String> = vec![String::new(); peers];
+    let mut k = 0;
+    let mut result = Ok(());
+    while k < messages {
+        while k as u64 >= received.load(Ordering::Relaxed) + window as u64 {
+            if tokio::time::timeout(step(), notify.notified()).await.is_err()
+                && k as u64 >= received.load(Ordering::Relaxed) + window as u64
+            {
+                result = Err(format!("seeding stalled at {} of {messages}", received.load(Ordering::Relaxed)));
+                break;
+            }
+        }
+        if result.is_err() {
+            break;
+        }
+        // Up to a tenth of the window per write burst, spread over the peers.
+        let burst = (window / 10).max(1).min(messages - k);
+        for j in 0..burst {
+            let n = k + j;
+            batch[n % peers]
+                .push_str(&format!("<message to='{to}' type='chat' id='s{n}'><body>archive seed message {n} {pad}</body></message>"));
+        }
+        for (p, b) in ps.iter_mut().zip(batch.iter_mut()) {
+            if !b.is_empty() {
+                write(&mut p.wr, b).await?;
+                b.clear();
+            }
+        }
+        k += burst;
+    }
+    let deadline = Instant::now() + step();
+    while received.load(Ordering::Relaxed) < messages as u64 && Instant::now() < deadline && result.is_ok() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if result.is_ok() && received.load(Ordering::Relaxed) < messages as u64 {
+        result = Err(format!("owner received {} of {messages}", received.load(Ordering::Relaxed)));
+    }
+    let _ = stop_tx.send(true);
+    if let Ok(o) = reader.await {
+        o.close().await;
+    }
+    for p in ps {
+        p.close().await;
+    }
+    result
+}
+
+struct ArchiveArgs {
+    messages: usize,
+    owner: String,
+    peers: usize,
+    queries: usize,
+    seed_sqlite: Option<PathBuf>,
+    window: usize,
+    no_seed: bool,
+}
+
+fn lat_fields(m: &mut serde_json::Map<String, Value>, prefix: &str, mut v: Vec<u64>) {
+    v.sort_unstable();
+    m.insert(format!("{prefix}_p50_ms"), ms(quantile(&v, 0.5)));
+    m.insert(format!("{prefix}_p99_ms"), ms(quantile(&v, 0.99)));
+    m.insert(format!("{prefix}_max_ms"), ms(v.last().copied()));
+}
+
+async fn archive(a: ArchiveArgs) -> Value {
+    let c = ctx();
+    let pid = c.t.server_pid;
+    let mut m = base("archive", format!("archive, {} messages, {} queries of each kind", a.messages, a.queries));
+    m.insert("messages".into(), json!(a.messages));
+    m.insert("peers".into(), json!(a.peers));
+    m.insert("queries".into(), json!(a.queries));
+    let peers = a.peers.max(1);
+    if peers > c.t.accounts {
+        m.insert("error".into(), json!(format!("{peers} peer accounts needed, {} available", c.t.accounts)));
+        return finish(m);
+    }
+    let owner_bare = format!("{}@{}", a.owner, c.t.domain);
+    let peer_jids: Vec<String> = (0..peers).map(|k| format!("{}@{}", account(k + 1), c.t.domain)).collect();
+    if !a.no_seed && a.messages > 0 {
+        let cpu0 = proc_cpu_s(pid);
+        let t0 = Instant::now();
+        let r = match &a.seed_sqlite {
+            Some(p) => {
+                m.insert("seed_method".into(), json!("direct SQL insert into Starling's archive table"));
+                seed_sqlite(p, &owner_bare, &peer_jids, a.messages).await
+            }
+            None => {
+                m.insert("seed_method".into(), json!("messages sent over XMPP"));
+                seed_xmpp(&a.owner, peers, a.messages, a.window).await
+            }
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        let cpu1 = proc_cpu_s(pid);
+        m.insert("seed_s".into(), json!(round(secs, 2)));
+        if let Err(e) = r {
+            m.insert("error".into(), json!(format!("seeding: {e}")));
+            return finish(m);
+        }
+        if a.seed_sqlite.is_none() {
+            m.insert("seed_msgs_per_s".into(), json!(round(a.messages as f64 / secs, 1)));
+            if let (Some(x), Some(y)) = (cpu0, cpu1) {
+                m.insert("seed_server_cpu_s_per_1000".into(), json!(round((y - x) * 1000.0 / a.messages as f64, 4)));
+            }
+        }
+    }
+    let mut s = match login(&a.owner, "query").await {
+        Ok(s) => s,
+        Err(e) => {
+            m.insert("error".into(), json!(format!("owner login: {e}")));
+            return finish(m);
+        }
+    };
+    let r: Result<(), String> = async {
+        // Does the server offer the `after-id` field (urn:xmpp:mam:2#extended)?
+        write(&mut s.wr, &format!("<iq type='get' id='d1' to='{owner_bare}'><query xmlns='{}'/></iq>", ns::DISCO_INFO)).await?;
+        let d = wait_iq(&mut s.rd, "d1").await?;
+        let extended = d
+            .find("query", ns::DISCO_INFO)
+            .is_some_and(|q| q.elements().any(|f| f.name == "feature" && f.get_attr("var") == Some(NS_MAM_EXT)));
+        m.insert(
+            "after_method".into(),
+            json!(if extended { "after-id form field (urn:xmpp:mam:2#extended)" } else { "RSM <after/> (no #extended)" }),
+        );
+        let (_, _, _, total, _) = mam_query(&mut s, "c0", &[], "<max>0</max>").await?;
+        m.insert("archive_count".into(), json!(total));
+        // Page back through the newest 1,000 messages, keeping each page's first id: the
+        // positions the `after-id` sync queries start from.
+        let mut ids = Vec::new();
+        let mut before = String::new();
+        for p in 0..20 {
+            let (_, first, _, _, _) = mam_query(&mut s, &format!("w{p}"), &[], &format!("<max>50</max><before>{before}</before>")).await?;
+            let Some(f) = first else { break };
+            before = f.clone();
+            ids.push(f);
+        }
+        let (mut page, mut with, mut after) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut page_n, mut with_n, mut after_n) = (0, 0, 0);
+        for q in 0..a.queries {
+            let (k, _, _, _, us) = mam_query(&mut s, &format!("p{q}"), &[], "<max>50</max><before/>").await?;
+            page.push(us);
+            page_n += k;
+            let peer = &peer_jids[q % peer_jids.len()];
+            let (k, _, _, _, us) = mam_query(&mut s, &format!("q{q}"), &[("with", peer)], "<max>50</max><before/>").await?;
+            with.push(us);
+            with_n += k;
+            if !ids.is_empty() {
+                let id = &ids[q % ids.len()];
+                let (k, _, _, _, us) = if extended {
+                    mam_query(&mut s, &format!("a{q}"), &[("after-id", id)], "<max>50</max>").await?
+                } else {
+                    mam_query(&mut s, &format!("a{q}"), &[], &format!("<max>50</max><after>{id}</after>")).await?
+                };
+                after.push(us);
+                after_n += k;
+            }
+        }
+        let nq = a.queries.max(1) as f64;
+        m.insert("page_avg_results".into(), json!(round(page_n as f64 / nq, 1)));
+        m.insert("with_avg_results".into(), json!(round(with_n as f64 / nq, 1)));
+        m.insert("after_avg_results".into(), json!(round(after_n as f64 / nq, 1)));
+        lat_fields(&mut m, "page", page);
+        lat_fields(&mut m, "with", with);
+        lat_fields(&mut m, "after", after);
+        Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        m.insert("error".into(), json!(format!("queries: {e}")));
+    }
+    s.close().await;
+    finish(m)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+
+/// (JSON key, label, which way is better: -1 lower, 1 higher, 0 neither).
+fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, i8)] {
+    match scenario {
+        "idle" => &[
+            ("sessions_up", "sessions up", 0),
+            ("rss_per_session_kib", "RSS per session, KiB", -1),
+            ("pss_per_session_kib", "PSS per session, KiB", -1),
+            ("rss_before_kib", "RSS before, KiB", 0),
+            ("rss_after_kib", "RSS after, KiB", 0),
+            ("setup_s", "time to log all in, s", -1),
+            ("server_cpu_ms_per_login", "server CPU per login while setting up, ms", -1),
+            ("login_failures", "login failures", -1),
+        ],
+        "login" => &[
+            ("logins_ok", "logins completed", 0),
+            ("failures", "failures", -1),
+            ("logins_per_s", "logins per second", 1),
+            ("server_cpu_ms_per_login", "server CPU per login, ms", -1),
+            ("login_p50_ms", "login time p50, ms", -1),
+            ("login_p99_ms", "login time p99, ms", -1),
+        ],
+        "chat" => &[
+            ("sent", "messages sent", 0),
+            ("delivered", "delivered", 0),
+            ("lost", "lost", -1),
+            ("send_rate", "achieved send rate, msg/s", 0),
+            ("latency_p50_ms", "latency p50, ms", -1),
+            ("latency_p99_ms", "latency p99, ms", -1),
+            ("latency_max_ms", "latency max, ms", -1),
+            ("server_cpu_s_per_1000", "server CPU per 1,000 messages, s", -1),
+        ],
+        "archive" => &[
+            ("archive_count", "messages in the archive (RSM count)", 0),
+            ("seed_s", "seeding time, s", -1),
+            ("seed_msgs_per_s", "seeding rate over XMPP, msg/s", 1),
+            ("seed_server_cpu_s_per_1000", "server CPU per 1,000 seeded messages, s", -1),
+            ("page_p50_ms", "50-message page p50, ms", -1),
+            ("page_p99_ms", "50-message page p99, ms", -1),
+            ("with_p50_ms", "`with` query p50, ms", -1),
+            ("with_p99_ms", "`with` query p99, ms", -1),
+            ("after_p50_ms", "`after-id` query p50, ms", -1),
+            ("after_p99_ms", "`after-id` query p99, ms", -1),
+            ("after_avg_results", "`after-id` results per query", 0),
+        ],
+        _ => &[],
+    }
+}
+
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "n/a".into(),
+        Some(Value::String(s)) => s.replace('|', "\\|"),
+        Some(v) => v.to_string(),
+    }
+}
+
+fn report(files: &[PathBuf], subject: &str) -> Result<String, String> {
+    let mut rows: Vec<Value> = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+            rows.push(serde_json::from_str(line).map_err(|e| format!("{}: {e}", f.display()))?);
+        }
+    }
+    let s = |v: &Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    let mut servers: Vec<String> = Vec::new();
+    let mut cases: Vec<(String, String)> = Vec::new();
+    for r in &rows {
+        let (srv, scen, case) = (s(r, "server"), s(r, "scenario"), s(r, "case"));
+        if !servers.contains(&srv) {
+            servers.push(srv);
+        }
+        if !cases.iter().any(|(_, c)| c == &case) {
+            cases.push((scen, case));
+        }
+    }
+    // The subject first, the others in the order they ran.
+    servers.sort_by_key(|x| x != subject);
+    let others: Vec<&String> = servers.iter().filter(|x| *x != subject).collect();
+    let mut out = String::new();
+    for (scen, case) in &cases {
+        out.push_str(&format!("### {case}\n\n| | {} |", servers.join(" | ")));
+        for o in &others {
+            out.push_str(&format!(" {subject} / {o} |"));
+        }
+        out.push_str(&format!("\n|---|{}", "---:|".repeat(servers.len() + others.len())));
+        out.push('\n');
+        let find = |srv: &str| rows.iter().find(|r| s(r, "server") == srv && &s(r, "case") == case);
+        let mut keys: Vec<(&str, &str, i8)> = metrics(scen).to_vec();
+        keys.push(("mech", "SASL mechanism", 0));
+        keys.push(("tls", "TLS", 0));
+        keys.push(("error", "error", 0));
+        for (key, label, better) in keys {
+            if !servers.iter().any(|srv| find(srv).and_then(|r| r.get(key)).is_some_and(|v| !v.is_null())) {
+                continue;
+            }
+            let hint = match better {
+                -1 => " (lower is better)",
+                1 => " (higher is better)",
+                _ => "",
+            };
+            out.push_str(&format!("| {label}{hint} |"));
+            for srv in &servers {
+                out.push_str(&format!(" {} |", cell(find(srv).and_then(|r| r.get(key)))));
+            }
+            let mine = find(subject).and_then(|r| r.get(key)).and_then(|v| v.as_f64());
+            for o in &others {
+                let theirs = find(o).and_then(|r| r.get(key)).and_then(|v| v.as_f64());
+                let ratio = match (mine, theirs) {
+                    (Some(a), Some(b)) if better != 0 && b > 0.0 => format!("{:.3}", a / b),
+                    _ => String::new(),
+                };
+                out.push_str(&format!(" {ratio} |"));
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn check_target(t: &Target) -> Result<(), String> {
+    match t.server.ip() {
+        IpAddr::V4(v4) if v4.octets()[0] == 127 => {}
+        ip => return Err(format!("refusing to target {ip}: only 127.0.0.0/8 addresses are allowed")),
+    }
+    if t.source_addrs == 0 {
+        return Err("--source-addrs must be at least 1".into());
+    }
+    if t.max_seconds == 0 || t.max_seconds > MAX_SECONDS {
+        return Err(format!("--max-seconds must be 1..={MAX_SECONDS}"));
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let (t, scenario) = match cli.scenario {
+        Scenario::Report { files, subject } => {
+            return match report(&files, &subject) {
+                Ok(md) => {
+                    print!("{md}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("starling-bench: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        Scenario::Idle { ref t, .. } | Scenario::Login { ref t, .. } | Scenario::Chat { ref t, .. } | Scenario::Archive { ref t, .. } => {
+            (t.clone(), cli.scenario)
+        }
+    };
+    let bounds = match &scenario {
+        Scenario::Idle { sessions, .. } => *sessions <= MAX_SESSIONS,
+        Scenario::Login { count, .. } => *count <= MAX_COUNT,
+        Scenario::Chat { pairs, seconds, rate, .. } => {
+            pairs * 2 <= MAX_SESSIONS && *seconds <= MAX_SECONDS && rate.is_finite() && *rate >= 0.0
+        }
+        Scenario::Archive { messages, queries, .. } => *messages <= MAX_COUNT && *queries <= MAX_COUNT,
+        Scenario::Report { .. } => true,
+    };
+    if let Err(e) = check_target(&t).and_then(|_| if bounds { Ok(()) } else { Err("a count or duration is out of bounds".into()) }) {
+        eprintln!("starling-bench: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let nofile = raise_nofile();
+    START.get_or_init(Instant::now);
+    let max = Duration::from_secs(t.max_seconds);
+    let threads = t.threads.max(1);
+    let _ = CTX.set(Ctx {
+        t,
+        starttls: connector(None),
+        direct: connector(Some(b"xmpp-client")),
+        next_src: AtomicUsize::new(0),
+        negotiated: OnceLock::new(),
+        salted: Mutex::new(HashMap::new()),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().expect("tokio runtime");
+    let out = rt.block_on(async move {
+        let fut = async move {
+            match scenario {
+                Scenario::Idle { sessions, resources, concurrency, settle, warmup, .. } => {
+                    idle(sessions, resources, concurrency, settle, warmup).await
+                }
+                Scenario::Login { count, concurrency, .. } => login_scenario(count, concurrency).await,
+                Scenario::Chat { pairs, rate, seconds, window, body, background, resources, concurrency, drain, .. } => {
+                    chat(ChatArgs { pairs, rate, seconds, window, body, background, resources, concurrency, drain }).await
+                }
+                Scenario::Archive { messages, owner, peers, queries, seed_sqlite, window, no_seed, .. } => {
+                    archive(ArchiveArgs { messages, owner, peers, queries, seed_sqlite, window, no_seed }).await
+                }
+                Scenario::Report { .. } => Value::Null,
+            }
+        };
+        match tokio::time::timeout(max, fut).await {
+            Ok(v) => v,
+            Err(_) => {
+                let c = ctx();
+                json!({"server": c.t.label, "error": format!("run abandoned after --max-seconds {}", c.t.max_seconds)})
+            }
+        }
+    });
+    let mut out = out;
+    if let Value::Object(m) = &mut out {
+        m.insert("nofile_limit".into(), json!(nofile));
+    }
+    println!("{out}");
+    // Do not wait for lingering connections.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    if out.get("error").is_some() {
+        std::process::ExitCode::from(2)
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
