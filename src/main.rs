@@ -1,6 +1,6 @@
 //! The `starling` command: run the server, manage accounts, check a config.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -76,8 +76,16 @@ impl PasswordSource {
         }
         let stdin = std::io::stdin();
         if !self.password_stdin && stdin.is_terminal() {
-            eprint!("Password: ");
-            let _ = std::io::stderr().flush();
+            // Typed at a terminal: read without echo, twice.
+            let p = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+            let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+            if p != again {
+                return Err("the passwords differ".into());
+            }
+            if p.is_empty() {
+                return Err("empty password".into());
+            }
+            return Ok(p);
         }
         let mut line = String::new();
         stdin.lock().read_line(&mut line).map_err(|e| e.to_string())?;
