@@ -70,9 +70,10 @@ enum Scenario {
     Idle {
         #[command(flatten)]
         t: Target,
-        /// Sessions to hold open.
-        #[arg(long)]
-        sessions: usize,
+        /// Sessions to hold open; several sizes (comma-separated) are reached in turn on the
+        /// same server, one result line each.
+        #[arg(long, value_delimiter = ',', required = true)]
+        sessions: Vec<usize>,
         /// Resources per account (sessions i*R .. i*R+R-1 share account i+1).
         #[arg(long, default_value_t = 4)]
         resources: usize,
@@ -225,11 +226,16 @@ struct Ctx {
     negotiated: OnceLock<(String, String)>,
     /// SCRAM salted passwords by (hash, user, salt, iterations): clients may cache them
     /// (RFC 5802 section 5.1), and it keeps the generator's CPU for the sessions.
-    salted: Mutex<HashMap<(u8, String, Vec<u8>, u32), Vec<u8>>>,
+    salted: Mutex<HashMap<SaltKey, Vec<u8>>>,
 }
+
+/// (hash, user, salt, iterations).
+type SaltKey = (u8, String, Vec<u8>, u32);
 
 static CTX: OnceLock<Ctx> = OnceLock::new();
 static START: OnceLock<Instant> = OnceLock::new();
+/// RLIMIT_NOFILE after raising it.
+static NOFILE: OnceLock<u64> = OnceLock::new();
 
 fn ctx() -> &'static Ctx {
     CTX.get().expect("context set at start")
@@ -697,12 +703,7 @@ impl Session {
             return;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rd.next()).await {
-                Ok(Ok(XmlEvent::Element(_))) | Ok(Ok(XmlEvent::StreamOpen(_))) => continue,
-                _ => break,
-            }
-        }
+        while let Ok(Ok(XmlEvent::Element(_) | XmlEvent::StreamOpen(_))) = tokio::time::timeout_at(deadline, self.rd.next()).await {}
         let _ = self.wr.shutdown().await;
     }
 }
@@ -789,8 +790,13 @@ where
 }
 
 /// Base of every JSON result.
+/// (scenario, case) of this run, for the report of a run abandoned at --max-seconds.
+static CASE: OnceLock<(String, String)> = OnceLock::new();
+
 fn base(scenario: &str, case: String) -> serde_json::Map<String, Value> {
     let c = ctx();
+    let case = if c.t.direct_tls { format!("{case}, direct TLS") } else { case };
+    let _ = CASE.set((scenario.to_string(), case.clone()));
     let mut m = serde_json::Map::new();
     m.insert("server".into(), json!(c.t.label));
     m.insert("scenario".into(), json!(scenario));
@@ -807,21 +813,26 @@ fn finish(mut m: serde_json::Map<String, Value>) -> Value {
         m.insert("tls".into(), json!(tls));
     }
     m.insert("generator_rss_kib".into(), json!(own_rss_kib()));
+    m.insert("nofile_limit".into(), json!(NOFILE.get()));
     Value::Object(m)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
-async fn idle(sessions: usize, resources: usize, concurrency: usize, settle: u64, warmup: usize) -> Value {
+/// Grow to each of `sizes` sessions in turn on the same server, measuring at each step against
+/// the same "before" (taken once, after a warm-up), so memory freed by an earlier run cannot be
+/// reused and counted as free. Prints one JSON line per step; returns the last.
+async fn idle(mut sizes: Vec<usize>, resources: usize, concurrency: usize, settle: u64, warmup: usize) -> Value {
     let c = ctx();
     let pid = c.t.server_pid;
     let resources = resources.max(1);
-    let mut m = base("idle", format!("idle, {sessions} sessions ({resources} resources per account)"));
-    m.insert("sessions".into(), json!(sessions));
-    m.insert("resources_per_account".into(), json!(resources));
-    let needed = sessions.div_ceil(resources);
-    if needed > c.t.accounts {
+    sizes.sort_unstable();
+    sizes.dedup();
+    let largest = sizes.last().copied().unwrap_or(0);
+    let needed = largest.div_ceil(resources);
+    if needed > c.t.accounts || largest == 0 {
+        let mut m = base("idle", format!("idle, {largest} sessions ({resources} resources per account)"));
         m.insert("error".into(), json!(format!("{needed} accounts needed, {} available", c.t.accounts)));
         return finish(m);
     }
@@ -834,50 +845,67 @@ async fn idle(sessions: usize, resources: usize, concurrency: usize, settle: u64
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let (rss0, pss0) = proc_mem_kib(pid);
-    let cpu0 = proc_cpu_s(pid);
     let (stop_tx, stop_rx) = watch::channel(false);
     let dropped = Arc::new(AtomicUsize::new(0));
-    let holders: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::with_capacity(sessions)));
-    let users = (0..sessions).map(|i| (account(i / resources + 1), format!("r{}", i % resources))).collect();
-    let t0 = Instant::now();
-    let (ok, failed, err, lat) = {
-        let holders = holders.clone();
-        let dropped = dropped.clone();
-        login_many(users, concurrency, move |_, s| holders.lock().unwrap().push(hold(s, stop_rx.clone(), dropped.clone()))).await
-    };
-    let setup = t0.elapsed().as_secs_f64();
-    let cpu1 = proc_cpu_s(pid);
-    tokio::time::sleep(Duration::from_secs(settle)).await;
-    let (rss1, pss1) = proc_mem_kib(pid);
-    let up = ok - dropped.load(Ordering::Relaxed).min(ok);
-    m.insert("sessions_up".into(), json!(up));
-    m.insert("login_failures".into(), json!(failed));
-    if let Some(e) = err {
-        m.insert("first_error".into(), json!(e));
-    }
-    m.insert("setup_s".into(), json!(round(setup, 2)));
-    let mut lat = lat;
-    lat.sort_unstable();
-    m.insert("login_p50_ms".into(), ms(quantile(&lat, 0.5)));
-    m.insert("login_p99_ms".into(), ms(quantile(&lat, 0.99)));
-    if let (Some(a), Some(b)) = (cpu0, cpu1) {
-        if ok > 0 {
-            m.insert("server_cpu_ms_per_login".into(), json!(round((b - a) * 1000.0 / ok as f64, 3)));
+    let holders: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::with_capacity(largest)));
+    let (mut prev, mut failed_total, mut result) = (0, 0, Value::Null);
+    for (step, &sessions) in sizes.iter().enumerate() {
+        let mut m = base("idle", format!("idle, {sessions} sessions ({resources} resources per account)"));
+        m.insert("sessions".into(), json!(sessions));
+        m.insert("resources_per_account".into(), json!(resources));
+        if sizes.len() > 1 {
+            m.insert("step".into(), json!(format!("{} of {}, grown from {prev} on the same server", step + 1, sizes.len())));
         }
-    }
-    m.insert("rss_before_kib".into(), json!(rss0));
-    m.insert("rss_after_kib".into(), json!(rss1));
-    m.insert("pss_before_kib".into(), json!(pss0));
-    m.insert("pss_after_kib".into(), json!(pss1));
-    if up > 0 {
-        if let (Some(a), Some(b)) = (rss0, rss1) {
-            m.insert("rss_per_session_kib".into(), json!(round((b as f64 - a as f64) / up as f64, 2)));
+        let users = (prev..sessions).map(|i| (account(i / resources + 1), format!("r{}", i % resources))).collect();
+        let cpu0 = proc_cpu_s(pid);
+        let t0 = Instant::now();
+        let (ok, failed, err, mut lat) = {
+            let holders = holders.clone();
+            let dropped = dropped.clone();
+            let rx = stop_rx.clone();
+            login_many(users, concurrency, move |_, s| holders.lock().unwrap().push(hold(s, rx.clone(), dropped.clone()))).await
+        };
+        let setup = t0.elapsed().as_secs_f64();
+        let cpu1 = proc_cpu_s(pid);
+        tokio::time::sleep(Duration::from_secs(settle)).await;
+        let (rss1, pss1) = proc_mem_kib(pid);
+        failed_total += failed;
+        let up = holders.lock().unwrap().len().saturating_sub(dropped.load(Ordering::Relaxed));
+        m.insert("sessions_up".into(), json!(up));
+        m.insert("login_failures".into(), json!(failed_total));
+        if let Some(e) = err {
+            m.insert("first_error".into(), json!(e));
         }
-        if let (Some(a), Some(b)) = (pss0, pss1) {
-            m.insert("pss_per_session_kib".into(), json!(round((b as f64 - a as f64) / up as f64, 2)));
+        if up < sessions {
+            m.insert("error".into(), json!(format!("{up} of {sessions} sessions up ({failed_total} logins failed)")));
         }
+        m.insert("setup_s".into(), json!(round(setup, 2)));
+        lat.sort_unstable();
+        m.insert("login_p50_ms".into(), ms(quantile(&lat, 0.5)));
+        m.insert("login_p99_ms".into(), ms(quantile(&lat, 0.99)));
+        if let (Some(a), Some(b)) = (cpu0, cpu1) {
+            if ok > 0 {
+                m.insert("server_cpu_ms_per_login".into(), json!(round((b - a) * 1000.0 / ok as f64, 3)));
+            }
+        }
+        m.insert("rss_before_kib".into(), json!(rss0));
+        m.insert("rss_after_kib".into(), json!(rss1));
+        m.insert("pss_before_kib".into(), json!(pss0));
+        m.insert("pss_after_kib".into(), json!(pss1));
+        if up > 0 {
+            if let (Some(a), Some(b)) = (rss0, rss1) {
+                m.insert("rss_per_session_kib".into(), json!(round((b as f64 - a as f64) / up as f64, 2)));
+            }
+            if let (Some(a), Some(b)) = (pss0, pss1) {
+                m.insert("pss_per_session_kib".into(), json!(round((b as f64 - a as f64) / up as f64, 2)));
+            }
+        }
+        result = finish(m);
+        if step + 1 < sizes.len() {
+            println!("{result}");
+        }
+        prev = sessions;
     }
-    let result = finish(m);
     let _ = stop_tx.send(true);
     let handles = std::mem::take(&mut *holders.lock().unwrap());
     for h in handles {
@@ -913,6 +941,9 @@ async fn login_scenario(count: usize, concurrency: usize) -> Value {
     m.insert("failures".into(), json!(failed));
     if let Some(e) = err {
         m.insert("first_error".into(), json!(e));
+    }
+    if failed > 0 {
+        m.insert("error".into(), json!(format!("{failed} of {count} logins failed")));
     }
     m.insert("seconds".into(), json!(round(wall, 3)));
     m.insert("logins_per_s".into(), json!(round(ok as f64 / wall, 1)));
@@ -1012,7 +1043,7 @@ async fn chat(a: ChatArgs) -> Value {
         let Session { mut rd, mut wr, .. } = s;
         let mut stop = stop_rx.clone();
         let received = received.clone();
-        let sems = sems.clone();
+        let rsems = sems.clone();
         let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         readers.push(tokio::spawn(async move {
             let mut lat: Vec<u64> = Vec::new();
@@ -1024,7 +1055,7 @@ async fn chat(a: ChatArgs) -> Value {
                                 if let Some(t) = b.strip_prefix("bench ").and_then(|r| r.split(' ').next()).and_then(|t| t.parse::<u64>().ok()) {
                                     lat.push(now_us().saturating_sub(t));
                                     received.fetch_add(1, Ordering::Relaxed);
-                                    sems[i ^ 1].add_permits(1);
+                                    rsems[i ^ 1].add_permits(1);
                                 }
                             } else if e.name == "iq" && matches!(e.get_attr("type"), Some("get") | Some("set")) {
                                 let _ = reply_tx.send(format!("<iq type='result' id='{}'/>", starling::xml::escape(e.get_attr("id").unwrap_or(""))));
@@ -1045,8 +1076,7 @@ async fn chat(a: ChatArgs) -> Value {
         senders.push(tokio::spawn(async move {
             let mut sent = 0u64;
             let mut failed = None;
-            let mut send =
-                |seq: u64| format!("<message to='{to}' type='chat' id='m{i}-{seq}'><body>bench {} {pad}</body></message>", now_us());
+            let send = |seq: u64| format!("<message to='{to}' type='chat' id='m{i}-{seq}'><body>bench {} {pad}</body></message>", now_us());
             if rate > 0.0 {
                 let period = Duration::from_secs_f64(n_f / rate);
                 let mut iv = tokio::time::interval_at(start + Duration::from_secs_f64(i as f64 / rate), period);
@@ -1498,6 +1528,15 @@ fn cell(v: Option<&Value>) -> String {
     }
 }
 
+/// The figures the targets are stated in, shown first.
+const HEADLINE: &[(&str, &str, &str)] = &[
+    ("idle", "pss_per_session_kib", "memory (PSS) per idle session, KiB"),
+    ("login", "server_cpu_ms_per_login", "server CPU per login, ms"),
+    ("chat", "server_cpu_s_per_1000", "server CPU per 1,000 messages, s"),
+    ("chat", "latency_p99_ms", "message latency p99, ms"),
+    ("archive", "page_p99_ms", "50-message archive page p99, ms"),
+];
+
 fn report(files: &[PathBuf], subject: &str) -> Result<String, String> {
     let mut rows: Vec<Value> = Vec::new();
     for f in files {
@@ -1521,21 +1560,56 @@ fn report(files: &[PathBuf], subject: &str) -> Result<String, String> {
     // The subject first, the others in the order they ran.
     servers.sort_by_key(|x| x != subject);
     let others: Vec<&String> = servers.iter().filter(|x| *x != subject).collect();
-    let mut out = String::new();
-    for (scen, case) in &cases {
-        out.push_str(&format!("### {case}\n\n| | {} |", servers.join(" | ")));
-        for o in &others {
-            out.push_str(&format!(" {subject} / {o} |"));
+    let find = |srv: &str, case: &str| rows.iter().find(|r| s(r, "server") == srv && s(r, "case") == case);
+    // A ratio only between two runs that completed.
+    let ratio = |case: &str, key: &str, other: &str| -> String {
+        let (Some(a), Some(b)) = (find(subject, case), find(other, case)) else { return String::new() };
+        if a.get("error").is_some() || b.get("error").is_some() {
+            return String::new();
         }
-        out.push_str(&format!("\n|---|{}", "---:|".repeat(servers.len() + others.len())));
-        out.push('\n');
-        let find = |srv: &str| rows.iter().find(|r| s(r, "server") == srv && &s(r, "case") == case);
+        match (a.get(key).and_then(|v| v.as_f64()), b.get(key).and_then(|v| v.as_f64())) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.3}", x / y),
+            _ => String::new(),
+        }
+    };
+    let header = |first: &str| {
+        let mut h = format!("| {first} | {} |", servers.join(" | "));
+        for o in &others {
+            h.push_str(&format!(" {subject} / {o} |"));
+        }
+        h.push_str(&format!("\n|---|{}\n", "---:|".repeat(servers.len() + others.len())));
+        h
+    };
+    let mut out = String::new();
+    out.push_str("### Headline figures (lower is better)\n\n");
+    out.push_str(&header("case: figure"));
+    for (scen, case) in &cases {
+        for (hs, key, label) in HEADLINE {
+            if hs != scen || !servers.iter().any(|srv| find(srv, case).and_then(|r| r.get(*key)).is_some_and(|v| !v.is_null())) {
+                continue;
+            }
+            out.push_str(&format!("| {case}: {label} |"));
+            for srv in &servers {
+                let r = find(srv, case);
+                let v = if r.is_some_and(|r| r.get("error").is_some()) { "failed".to_string() } else { cell(r.and_then(|r| r.get(*key))) };
+                out.push_str(&format!(" {v} |"));
+            }
+            for o in &others {
+                out.push_str(&format!(" {} |", ratio(case, key, o)));
+            }
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    for (scen, case) in &cases {
+        out.push_str(&format!("### {case}\n\n"));
+        out.push_str(&header(""));
         let mut keys: Vec<(&str, &str, i8)> = metrics(scen).to_vec();
         keys.push(("mech", "SASL mechanism", 0));
         keys.push(("tls", "TLS", 0));
         keys.push(("error", "error", 0));
         for (key, label, better) in keys {
-            if !servers.iter().any(|srv| find(srv).and_then(|r| r.get(key)).is_some_and(|v| !v.is_null())) {
+            if !servers.iter().any(|srv| find(srv, case).and_then(|r| r.get(key)).is_some_and(|v| !v.is_null())) {
                 continue;
             }
             let hint = match better {
@@ -1545,16 +1619,11 @@ fn report(files: &[PathBuf], subject: &str) -> Result<String, String> {
             };
             out.push_str(&format!("| {label}{hint} |"));
             for srv in &servers {
-                out.push_str(&format!(" {} |", cell(find(srv).and_then(|r| r.get(key)))));
+                out.push_str(&format!(" {} |", cell(find(srv, case).and_then(|r| r.get(key)))));
             }
-            let mine = find(subject).and_then(|r| r.get(key)).and_then(|v| v.as_f64());
             for o in &others {
-                let theirs = find(o).and_then(|r| r.get(key)).and_then(|v| v.as_f64());
-                let ratio = match (mine, theirs) {
-                    (Some(a), Some(b)) if better != 0 && b > 0.0 => format!("{:.3}", a / b),
-                    _ => String::new(),
-                };
-                out.push_str(&format!(" {ratio} |"));
+                let r = if better != 0 { ratio(case, key, o) } else { String::new() };
+                out.push_str(&format!(" {r} |"));
             }
             out.push('\n');
         }
@@ -1599,7 +1668,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let bounds = match &scenario {
-        Scenario::Idle { sessions, .. } => *sessions <= MAX_SESSIONS,
+        Scenario::Idle { sessions, .. } => sessions.iter().all(|n| *n <= MAX_SESSIONS),
         Scenario::Login { count, .. } => *count <= MAX_COUNT,
         Scenario::Chat { pairs, seconds, rate, .. } => {
             pairs * 2 <= MAX_SESSIONS && *seconds <= MAX_SECONDS && rate.is_finite() && *rate >= 0.0
@@ -1611,7 +1680,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("starling-bench: {e}");
         return std::process::ExitCode::FAILURE;
     }
-    let nofile = raise_nofile();
+    let _ = NOFILE.set(raise_nofile());
     START.get_or_init(Instant::now);
     let max = Duration::from_secs(t.max_seconds);
     let threads = t.threads.max(1);
@@ -1644,14 +1713,12 @@ fn main() -> std::process::ExitCode {
             Ok(v) => v,
             Err(_) => {
                 let c = ctx();
-                json!({"server": c.t.label, "error": format!("run abandoned after --max-seconds {}", c.t.max_seconds)})
+                let (scenario, case) = CASE.get().cloned().unwrap_or_default();
+                json!({"server": c.t.label, "scenario": scenario, "case": case,
+                       "error": format!("run abandoned after --max-seconds {}", c.t.max_seconds)})
             }
         }
     });
-    let mut out = out;
-    if let Value::Object(m) = &mut out {
-        m.insert("nofile_limit".into(), json!(nofile));
-    }
     println!("{out}");
     // Do not wait for lingering connections.
     rt.shutdown_timeout(Duration::from_millis(200));
