@@ -289,6 +289,40 @@ fn proc_mem_kib(pid: Option<u32>) -> (Option<u64>, Option<u64>) {
     (kib_field(&format!("/proc/{pid}/status"), "VmRSS:"), kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:"))
 }
 
+/// Busy CPU seconds of the whole machine (all cores) from /proc/stat.
+fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0);
+    Some(busy as f64 / clk_tck())
+}
+
+/// CPU used by every other process on the machine over a measurement window, in cores: how
+/// much outside load shared the machine with the server and the generator.
+struct OtherLoad {
+    t: Instant,
+    busy: Option<f64>,
+    server: Option<f64>,
+    own: Option<f64>,
+}
+
+impl OtherLoad {
+    fn start(pid: Option<u32>) -> OtherLoad {
+        OtherLoad { t: Instant::now(), busy: machine_busy_s(), server: proc_cpu_s(pid), own: proc_cpu_s(Some(std::process::id())) }
+    }
+
+    fn cores(&self, pid: Option<u32>) -> Value {
+        let wall = self.t.elapsed().as_secs_f64();
+        match (self.busy, machine_busy_s(), self.server, proc_cpu_s(pid), self.own, proc_cpu_s(Some(std::process::id()))) {
+            (Some(b0), Some(b1), Some(s0), Some(s1), Some(o0), Some(o1)) if wall > 0.0 => {
+                json!(round((((b1 - b0) - (s1 - s0) - (o1 - o0)) / wall).max(0.0), 2))
+            }
+            _ => Value::Null,
+        }
+    }
+}
+
 fn own_rss_kib() -> Option<u64> {
     kib_field("/proc/self/status", "VmRSS:")
 }
@@ -858,6 +892,7 @@ async fn idle(mut sizes: Vec<usize>, resources: usize, concurrency: usize, settl
         }
         let users = (prev..sessions).map(|i| (account(i / resources + 1), format!("r{}", i % resources))).collect();
         let cpu0 = proc_cpu_s(pid);
+        let other = OtherLoad::start(pid);
         let t0 = Instant::now();
         let (ok, failed, err, mut lat) = {
             let holders = holders.clone();
@@ -867,6 +902,7 @@ async fn idle(mut sizes: Vec<usize>, resources: usize, concurrency: usize, settl
         };
         let setup = t0.elapsed().as_secs_f64();
         let cpu1 = proc_cpu_s(pid);
+        m.insert("other_cpu_cores".into(), other.cores(pid));
         tokio::time::sleep(Duration::from_secs(settle)).await;
         let (rss1, pss1) = proc_mem_kib(pid);
         failed_total += failed;
@@ -924,6 +960,7 @@ async fn login_scenario(count: usize, concurrency: usize) -> Value {
     let users = (0..count).map(|i| (account(i % accounts + 1), format!("l{i}"))).collect();
     let closers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
     let cpu0 = proc_cpu_s(pid);
+    let other = OtherLoad::start(pid);
     let t0 = Instant::now();
     // The close is part of the login cycle: it is waited for before the figures are taken.
     let (ok, failed, err, mut lat) = {
@@ -936,6 +973,7 @@ async fn login_scenario(count: usize, concurrency: usize) -> Value {
     }
     let wall = t0.elapsed().as_secs_f64();
     let cpu1 = proc_cpu_s(pid);
+    m.insert("other_cpu_cores".into(), other.cores(pid));
     lat.sort_unstable();
     m.insert("logins_ok".into(), json!(ok));
     m.insert("failures".into(), json!(failed));
@@ -1034,6 +1072,7 @@ async fn chat(a: ChatArgs) -> Value {
     let pad = "x".repeat(a.body.saturating_sub(24));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu0 = proc_cpu_s(pid);
+    let other = OtherLoad::start(pid);
     let t0 = Instant::now();
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let end = start + Duration::from_secs(a.seconds);
@@ -1132,6 +1171,7 @@ async fn chat(a: ChatArgs) -> Value {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu1 = proc_cpu_s(pid);
+    m.insert("other_cpu_cores".into(), other.cores(pid));
     let _ = stop_tx.send(true);
     let mut lat = Vec::new();
     for r in readers {
@@ -1376,6 +1416,7 @@ async fn archive(a: ArchiveArgs) -> Value {
     let peer_jids: Vec<String> = (0..peers).map(|k| format!("{}@{}", account(k + 1), c.t.domain)).collect();
     if !a.no_seed && a.messages > 0 {
         let cpu0 = proc_cpu_s(pid);
+        let other = OtherLoad::start(pid);
         let t0 = Instant::now();
         let r = match &a.seed_sqlite {
             Some(p) => {
@@ -1389,6 +1430,7 @@ async fn archive(a: ArchiveArgs) -> Value {
         };
         let secs = t0.elapsed().as_secs_f64();
         let cpu1 = proc_cpu_s(pid);
+        m.insert("other_cpu_cores".into(), other.cores(pid));
         m.insert("seed_s".into(), json!(round(secs, 2)));
         if let Err(e) = r {
             m.insert("error".into(), json!(format!("seeding: {e}")));
@@ -1431,6 +1473,7 @@ async fn archive(a: ArchiveArgs) -> Value {
             before = f.clone();
             ids.push(f);
         }
+        let other = OtherLoad::start(pid);
         let (mut page, mut with, mut after) = (Vec::new(), Vec::new(), Vec::new());
         let (mut page_n, mut with_n, mut after_n) = (0, 0, 0);
         for q in 0..a.queries {
@@ -1459,6 +1502,7 @@ async fn archive(a: ArchiveArgs) -> Value {
         lat_fields(&mut m, "page", page);
         lat_fields(&mut m, "with", with);
         lat_fields(&mut m, "after", after);
+        m.insert("other_cpu_cores_queries".into(), other.cores(pid));
         Ok(())
     }
     .await;
@@ -1484,6 +1528,7 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, i8)] {
             ("setup_s", "time to log all in, s", -1),
             ("server_cpu_ms_per_login", "server CPU per login while setting up, ms", -1),
             ("login_failures", "login failures", -1),
+            ("other_cpu_cores", "other processes' CPU while logging in, cores", 0),
         ],
         "login" => &[
             ("logins_ok", "logins completed", 0),
@@ -1492,6 +1537,7 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, i8)] {
             ("server_cpu_ms_per_login", "server CPU per login, ms", -1),
             ("login_p50_ms", "login time p50, ms", -1),
             ("login_p99_ms", "login time p99, ms", -1),
+            ("other_cpu_cores", "other processes' CPU meanwhile, cores", 0),
         ],
         "chat" => &[
             ("sent", "messages sent", 0),
@@ -1502,6 +1548,7 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, i8)] {
             ("latency_p99_ms", "latency p99, ms", -1),
             ("latency_max_ms", "latency max, ms", -1),
             ("server_cpu_s_per_1000", "server CPU per 1,000 messages, s", -1),
+            ("other_cpu_cores", "other processes' CPU meanwhile, cores", 0),
         ],
         "archive" => &[
             ("archive_count", "messages in the archive (RSM count)", 0),
@@ -1515,6 +1562,8 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, i8)] {
             ("after_p50_ms", "`after-id` query p50, ms", -1),
             ("after_p99_ms", "`after-id` query p99, ms", -1),
             ("after_avg_results", "`after-id` results per query", 0),
+            ("other_cpu_cores", "other processes' CPU while seeding, cores", 0),
+            ("other_cpu_cores_queries", "other processes' CPU during the queries, cores", 0),
         ],
         _ => &[],
     }
