@@ -2,9 +2,11 @@
 //! binding, then the session loop that `select!`s over the parsed input, the mailbox and
 //! shutdown.
 //!
-//! Negotiation is sequential (one element in, one answer out). After binding, a small reader
-//! task parses the socket and feeds elements through a channel, so the session loop only
-//! awaits cancel-safe channel receives.
+//! Negotiation is sequential (one element in, one answer out) and runs in its own allocation,
+//! freed once the resource is bound. The bound session is one task: its loop keeps a single
+//! pending read (a future that owns the XML reader) across turns, so no read is ever cancelled
+//! half-way, and handles each stanza in a short-lived allocation, so an idle session holds
+//! little more than its socket, TLS state and mailbox.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,48 +46,60 @@ const MAX_AUTH_ATTEMPTS: u32 = 5;
 pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
     async move {
-        let _ = tcp.set_nodelay(true);
-        let limits = Limits { max_element_bytes: server.config.limits.max_stanza_size, max_depth: server.config.limits.max_depth };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(server.config.c2s.auth_timeout_secs);
-        let (transport, cb) = if direct_tls {
-            match tokio::time::timeout_at(deadline, server.tls.direct.accept(tcp)).await {
-                Ok(Ok(tls)) => {
-                    let cb = server.tls.bindings(&tls);
-                    (Transport::Tls(Box::new(tls)), cb)
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            }
-        } else {
-            (Transport::Plain(tcp), ChannelBindings::default())
-        };
-        let (rd, wr) = tokio::io::split(transport);
-        let mut n = Negotiation {
-            server: server.clone(),
-            peer,
-            reader: Some(XmlReader::new(rd, limits)),
-            writer: Some(wr),
-            cb,
-            tls: direct_tls,
-            host: None,
-            user: None,
-            header_sent: false,
-            failures: 0,
-            handed_off: false,
-            limits,
-            deadline,
-        };
-        match n.run().await {
-            Ok(Some(bound)) => bound.run().await,
-            Ok(None) => {}
-            Err(e) => n.fail(e).await,
+        // Negotiation (TLS handshake, SASL, storage queries) runs in its own heap allocation,
+        // freed once the resource is bound: the task of a bound session only holds what the
+        // session loop needs.
+        if let Some(bound) = Box::pin(negotiate(server, tcp, peer, direct_tls)).await {
+            bound.run().await;
         }
     }
     .instrument(span)
     .await
+}
+
+/// From TCP accept to a bound resource; `None` when the stream ended before that.
+async fn negotiate(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) -> Option<Bound> {
+    let _ = tcp.set_nodelay(true);
+    let limits = Limits { max_element_bytes: server.config.limits.max_stanza_size, max_depth: server.config.limits.max_depth };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(server.config.c2s.auth_timeout_secs);
+    let (transport, cb) = if direct_tls {
+        match tokio::time::timeout_at(deadline, server.tls.direct.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                let cb = server.tls.bindings(&tls);
+                (Transport::Tls(Box::new(tls)), cb)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return None;
+            }
+            Err(_) => return None,
+        }
+    } else {
+        (Transport::Plain(tcp), ChannelBindings::default())
+    };
+    let (rd, wr) = tokio::io::split(transport);
+    let mut n = Negotiation {
+        server: server.clone(),
+        peer,
+        reader: Some(XmlReader::new(rd, limits)),
+        writer: Some(wr),
+        cb,
+        tls: direct_tls,
+        host: None,
+        user: None,
+        header_sent: false,
+        failures: 0,
+        handed_off: false,
+        limits,
+        deadline,
+    };
+    match n.run().await {
+        Ok(bound) => bound,
+        Err(e) => {
+            n.fail(e).await;
+            None
+        }
+    }
 }
 
 struct Negotiation {
@@ -486,7 +500,7 @@ impl Negotiation {
         if let (Some(h), Some(tx)) = (h, target) {
             let reader = self.reader.take().ok_or(StreamError::InternalServerError)?;
             let writer = self.writer.take().ok_or(StreamError::InternalServerError)?;
-            match tx.send(ResumeRequest { reader, writer, h }).await {
+            match tx.send(Box::new(ResumeRequest { reader, writer, h })).await {
                 Ok(()) => {
                     self.handed_off = true;
                     return Ok(());
@@ -616,7 +630,7 @@ struct Bound {
     sm: SmState,
     csi: Csi,
     /// Resumption requests for this session (XEP-0198), when resumable.
-    resume_rx: Option<mpsc::Receiver<ResumeRequest>>,
+    resume_rx: Option<mpsc::Receiver<Box<ResumeRequest>>>,
 }
 
 /// How a connection of a session ended.
@@ -627,61 +641,51 @@ enum End {
     Gone,
     Error(StreamError, Option<Element>),
     /// Another connection resumes this session (the current one is a ghost).
-    Resume(ResumeRequest),
+    Resume(Box<ResumeRequest>),
 }
 
-/// The parsed input of the current connection.
-struct Input {
-    rx: mpsc::Receiver<Result<XmlEvent, XmlError>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-fn spawn_reader(mut reader: Reader) -> Input {
-    let (tx, rx) = mpsc::channel::<Result<XmlEvent, XmlError>>(16);
-    let task = tokio::spawn(async move {
-        loop {
-            let ev = reader.next().await;
-            let stop = !matches!(ev, Ok(XmlEvent::Element(_)));
-            if tx.send(ev).await.is_err() || stop {
-                break;
-            }
-        }
-    });
-    Input { rx, task }
+/// Parse the next event off a connection. The future owns the reader and gives it back, so
+/// the session loop can keep one pending read across its `select!` turns (a read is never
+/// cancelled half-way) without a second task or a channel per session.
+async fn read_next(mut reader: Reader) -> (Reader, Result<XmlEvent, XmlError>) {
+    let ev = reader.next().await;
+    (reader, ev)
 }
 
 impl Bound {
     async fn run(mut self) {
-        let Some(reader) = self.reader.take() else { return };
-        let mut input = spawn_reader(reader);
+        let Some(mut reader) = self.reader.take() else { return };
         loop {
-            let end = self.connection(&mut input).await;
-            input.task.abort();
+            let end = self.connection(reader).await;
             for o in self.csi.take() {
                 self.sm.unacked.push_back(o);
             }
+            // The rare paths below run in their own allocations, so an idle session's task
+            // stays small.
             let resume = match end {
                 End::Resume(r) => Some(r),
                 End::Gone if self.resume_rx.is_some() => {
                     tracing::info!("connection lost; session kept for resumption");
-                    self.hibernate().await
+                    Box::pin(self.hibernate()).await
                 }
                 other => {
-                    self.close_stream(other).await;
+                    Box::pin(self.close_stream(other)).await;
                     None
                 }
             };
             match resume {
-                Some(r) => input = self.take_over(r).await,
+                Some(r) => reader = Box::pin(self.take_over(r)).await,
                 None => break,
             }
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
     }
 
     /// Serve the current connection until it ends.
-    async fn connection(&mut self, input: &mut Input) -> End {
+    async fn connection(&mut self, reader: Reader) -> End {
         let mut shutdown = self.server.shutdown.clone();
+        let read = read_next(reader);
+        tokio::pin!(read);
         loop {
             let step = tokio::select! {
                 biased;
@@ -691,12 +695,16 @@ impl Bound {
                     Some(d) => self.deliver(d),
                     None => Some(End::Gone),
                 },
-                ev = input.rx.recv() => match ev {
-                    Some(Ok(XmlEvent::Element(el))) => self.inbound(el).await,
-                    Some(Ok(XmlEvent::StreamClose)) => Some(End::Closed),
-                    Some(Ok(XmlEvent::StreamOpen(_))) => Some(End::Error(StreamError::NotWellFormed, None)),
-                    Some(Err(XmlError::Eof)) | Some(Err(XmlError::Io(_))) | None => Some(End::Gone),
-                    Some(Err(e)) => {
+                (reader, ev) = &mut read => match ev {
+                    Ok(XmlEvent::Element(el)) => {
+                        read.set(read_next(reader));
+                        // Handling a stanza (routing, storage) runs in its own allocation.
+                        Box::pin(self.inbound(el)).await
+                    }
+                    Ok(XmlEvent::StreamClose) => Some(End::Closed),
+                    Ok(XmlEvent::StreamOpen(_)) => Some(End::Error(StreamError::NotWellFormed, None)),
+                    Err(XmlError::Eof) | Err(XmlError::Io(_)) => Some(End::Gone),
+                    Err(e) => {
                         tracing::debug!(error = %e, "bad XML from client");
                         Some(End::Error(StreamError::from(&e), None))
                     }
@@ -732,7 +740,7 @@ impl Bound {
 
     /// The connection is gone but the session may be resumed: keep queueing what arrives until
     /// a resumption or the timeout (XEP-0198 section 5).
-    async fn hibernate(&mut self) -> Option<ResumeRequest> {
+    async fn hibernate(&mut self) -> Option<Box<ResumeRequest>> {
         let timeout = tokio::time::sleep(Duration::from_secs(self.server.config.stream_management.resume_timeout_secs));
         tokio::pin!(timeout);
         let mut shutdown = self.server.shutdown.clone();
@@ -759,7 +767,7 @@ impl Bound {
 
     /// A new connection resumes this session: acknowledge what the client handled, answer
     /// `<resumed/>` and send the rest again (XEP-0198 section 5).
-    async fn take_over(&mut self, r: ResumeRequest) -> Input {
+    async fn take_over(&mut self, r: Box<ResumeRequest>) -> Reader {
         let old = std::mem::replace(&mut self.writer, r.writer);
         drop(old);
         self.csi = Csi::default(); // client state is per stream
@@ -783,7 +791,7 @@ impl Bound {
         }
         tracing::info!(resent = self.sm.unacked.len(), "session resumed");
         let _ = self.flush().await;
-        spawn_reader(r.reader)
+        r.reader
     }
 
     /// The session is over: out of the registry, unacknowledged messages into the offline
@@ -832,7 +840,12 @@ impl Bound {
             self.writer.flush().await
         })
         .await;
-        self.out.clear();
+        if self.mailbox.is_empty() {
+            // Quiet for now: an idle session keeps no output buffer.
+            self.out = String::new();
+        } else {
+            self.out.clear();
+        }
         match r {
             Ok(r) => r,
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
@@ -982,7 +995,7 @@ impl Bound {
     }
 }
 
-async fn recv_resume(rx: &mut Option<mpsc::Receiver<ResumeRequest>>) -> ResumeRequest {
+async fn recv_resume(rx: &mut Option<mpsc::Receiver<Box<ResumeRequest>>>) -> Box<ResumeRequest> {
     match rx {
         Some(rx) => match rx.recv().await {
             Some(r) => r,

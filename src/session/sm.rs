@@ -97,7 +97,8 @@ impl SmState {
     }
 }
 
-/// A new connection asking to take over a hibernating (or ghost) session.
+/// A new connection asking to take over a hibernating (or ghost) session. Sent boxed, so the
+/// channel that carries it and the session loop waiting on it stay pointer-sized.
 pub struct ResumeRequest {
     pub reader: super::c2s::Reader,
     pub writer: super::c2s::Writer,
@@ -105,14 +106,17 @@ pub struct ResumeRequest {
     pub h: u32,
 }
 
+/// Where a resumption request for one session goes.
+pub type ResumeSender = mpsc::Sender<Box<ResumeRequest>>;
+
 /// Resumable sessions by resumption id.
 #[derive(Default)]
 pub struct ResumeTable {
-    map: Mutex<HashMap<String, (BareJid, mpsc::Sender<ResumeRequest>)>>,
+    map: Mutex<HashMap<String, (BareJid, ResumeSender)>>,
 }
 
 impl ResumeTable {
-    pub fn insert(&self, id: String, owner: BareJid, tx: mpsc::Sender<ResumeRequest>) {
+    pub fn insert(&self, id: String, owner: BareJid, tx: ResumeSender) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (owner, tx));
     }
 
@@ -121,7 +125,7 @@ impl ResumeTable {
     }
 
     /// The session to hand a resumption to, if `id` belongs to `owner`.
-    pub fn get(&self, id: &str, owner: &BareJid) -> Option<mpsc::Sender<ResumeRequest>> {
+    pub fn get(&self, id: &str, owner: &BareJid) -> Option<ResumeSender> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.get(id).filter(|(o, _)| o == owner).map(|(_, tx)| tx.clone())
     }

@@ -1,6 +1,7 @@
 //! Bytes <-> elements, no socket IO: the incremental reader with its limits, the element tree
 //! and its writer.
 
+pub mod buf;
 pub mod element;
 pub mod reader;
 

@@ -11,7 +11,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use quick_xml::events::{BytesStart, Event};
-use tokio::io::{AsyncRead, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use super::buf::IdleBuf;
 
 use super::element::{Element, Node};
 
@@ -113,7 +115,7 @@ struct Scope {
 }
 
 pub struct XmlReader<R> {
-    reader: quick_xml::Reader<BufReader<Counted<R>>>,
+    reader: quick_xml::Reader<IdleBuf<Counted<R>>>,
     buf: Vec<u8>,
     scopes: Vec<Scope>,
     /// Elements under construction below the stream root (stack; index 0 is the top-level one).
@@ -169,10 +171,10 @@ fn check_name(name: &str) -> Result<(), XmlError> {
 impl<R: AsyncRead + Unpin> XmlReader<R> {
     pub fn new(inner: R, limits: Limits) -> Self {
         let counted = Counted { inner, count: 0, limit: limits.max_element_bytes };
-        Self::from_buffered(BufReader::with_capacity(4096, counted), limits)
+        Self::from_buffered(IdleBuf::new(counted), limits)
     }
 
-    fn from_buffered(br: BufReader<Counted<R>>, limits: Limits) -> Self {
+    fn from_buffered(br: IdleBuf<Counted<R>>, limits: Limits) -> Self {
         let mut reader = quick_xml::Reader::from_reader(br);
         let cfg = reader.config_mut();
         cfg.trim_text(false);
