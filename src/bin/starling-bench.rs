@@ -17,11 +17,16 @@
 //! the ephemeral port range, and RLIMIT_NOFILE is raised at start.
 //!
 //! Seeding the archive: by default the peers send the messages over XMPP to the online owner
-//! (every server archives them its own way). `--seed-sqlite PATH`, for Starling only, instead
-//! inserts the rows straight into Starling's `archive` table (schema/sqlite/0002_archive.sql):
-//! for message n, one incoming row for the owner and one outgoing row for the peer, each with
-//! its own stanza-id, the stored stanza as Starling stores it (`<message xmlns='jabber:client'
-//! ...>` with the recipient copy's `<stanza-id/>`) and timestamps one millisecond apart.
+//! (every server archives them its own way). `--seed-db URL` (`sqlite:PATH` or
+//! `postgres://...`; `--seed-sqlite PATH` is `--seed-db sqlite:PATH`) instead inserts the rows
+//! straight into the server's archive table, laid out as `--seed-schema` says: Starling's
+//! (schema/sqlite/0002_archive.sql, schema/postgres/0002_archive.sql) or ejabberd's (mod_mam_sql,
+//! single-host schema). For message n, one incoming row for the owner and one outgoing row for
+//! the peer, each stored as that server stores a routed message (Starling: the stanza with the
+//! recipient copy's `<stanza-id/>`, a stanza-id per row; ejabberd: the stanza without it, the
+//! timestamp in microseconds as the archive id), timestamps one millisecond apart, the newest
+//! now. Then ANALYZE (PostgreSQL: VACUUM ANALYZE), as a running server's maintenance would have
+//! done after such a load (`--no-analyze` skips it), and the owner's rows are counted by SQL.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -149,10 +154,20 @@ enum Scenario {
         /// Repetitions of each query type.
         #[arg(long, default_value_t = 100)]
         queries: usize,
-        /// Starling only: insert the rows into this SQLite database's `archive` table instead of
-        /// sending messages.
+        /// Insert the rows straight into the server's archive table in this database instead of
+        /// sending messages: `sqlite:PATH` (or `sqlite://PATH`) or `postgres://user@host/db`.
+        /// The table layout is --seed-schema's. ANALYZE (PostgreSQL: VACUUM ANALYZE) follows.
+        #[arg(long, conflicts_with = "seed_sqlite")]
+        seed_db: Option<String>,
+        /// Whose archive table --seed-db fills.
+        #[arg(long, value_enum, default_value_t = SeedSchema::Starling)]
+        seed_schema: SeedSchema,
+        /// Same as --seed-db sqlite:PATH.
         #[arg(long)]
         seed_sqlite: Option<PathBuf>,
+        /// No ANALYZE after seeding by SQL.
+        #[arg(long)]
+        no_analyze: bool,
         /// Messages sent but not yet received by the owner while seeding over XMPP.
         #[arg(long, default_value_t = 200)]
         window: usize,
@@ -165,10 +180,20 @@ enum Scenario {
     Report {
         /// Files of JSON lines (one scenario result per line).
         files: Vec<PathBuf>,
-        /// The server the ratios are computed for (label given with --label).
-        #[arg(long, default_value = "starling")]
-        subject: String,
+        /// The servers the ratios are computed for (labels given with --label, comma-separated):
+        /// each of them against every server not in this list.
+        #[arg(long, value_delimiter = ',', default_value = "starling")]
+        subject: Vec<String>,
     },
+}
+
+/// Layout of the archive table filled by --seed-db.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq, Debug)]
+enum SeedSchema {
+    /// Starling's `archive` table (schema/sqlite/0002_archive.sql, schema/postgres/0002_archive.sql).
+    Starling,
+    /// ejabberd's `archive` table (its lite.sql / pg.sql, old single-host schema).
+    Ejabberd,
 }
 
 #[derive(Args, Clone)]
@@ -1253,53 +1278,218 @@ async fn mam_query(
     }
 }
 
-async fn seed_sqlite(path: &std::path::Path, owner: &str, peers: &[String], messages: usize) -> Result<(), String> {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-    let opts = SqliteConnectOptions::new().filename(path).busy_timeout(Duration::from_secs(60)).create_if_missing(false);
-    let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.map_err(|e| format!("open {}: {e}", path.display()))?;
-    let run: String = rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-    let pad = "x".repeat(60);
-    const BATCH: usize = 500;
-    let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
-    let mut i = 0;
-    while i < messages {
-        let hi = (i + BATCH).min(messages);
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO archive (owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml) ",
-        );
-        q.push_values((i..hi).flat_map(|k| [(k, false), (k, true)]), |mut b, (k, out)| {
-            let peer = &peers[k % peers.len()];
-            let ts = now - ((messages - k) as i64) * 1000;
-            let sid = format!("seed{run}{k:09}{}", if out { "o" } else { "i" });
-            let body = format!("archive seed message {k} {pad}");
-            let (row_owner, row_peer, row_peer_full, xml) = if out {
-                (
-                    peer.clone(),
-                    owner.to_string(),
-                    owner.to_string(),
-                    format!("<message xmlns='jabber:client' from='{peer}/seed' to='{owner}' type='chat' id='s{k}'><body>{body}</body></message>"),
-                )
-            } else {
-                (
-                    owner.to_string(),
-                    peer.clone(),
-                    format!("{peer}/seed"),
-                    format!("<message xmlns='jabber:client' from='{peer}/seed' to='{owner}' type='chat' id='s{k}'><body>{body}</body><stanza-id xmlns='urn:xmpp:sid:0' id='{sid}' by='{owner}'/></message>"),
-                )
-            };
-            b.push_bind(row_owner).push_bind(sid).push_bind(row_peer).push_bind(row_peer_full).push_bind(out as i64).push_bind(ts).push_bind(Option::<String>::None).push_bind(xml);
-        });
-        q.build().execute(&mut *tx).await.map_err(|e| format!("insert: {e}"))?;
-        i = hi;
-        if i % 50_000 == 0 {
-            tx.commit().await.map_err(|e| e.to_string())?;
-            tx = pool.begin().await.map_err(|e| e.to_string())?;
+/// A value bound in a seeding INSERT.
+enum SeedVal {
+    Text(String),
+    Int(i64),
+    Null,
+}
+
+/// The database --seed-db names.
+enum SeedDb {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl SeedDb {
+    async fn open(url: &str) -> Result<SeedDb, String> {
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+            // No journal mode set: the file keeps the one its server gave it (WAL for all here).
+            let opts = SqliteConnectOptions::new().filename(path).busy_timeout(Duration::from_secs(60)).create_if_missing(false);
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.map_err(|e| format!("open {path}: {e}"))?;
+            Ok(SeedDb::Sqlite(pool))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool =
+                sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(url).await.map_err(|e| format!("open {url}: {e}"))?;
+            Ok(SeedDb::Postgres(pool))
+        } else {
+            Err(format!("--seed-db {url}: expected sqlite:PATH or postgres://..."))
         }
     }
-    tx.commit().await.map_err(|e| e.to_string())?;
-    pool.close().await;
-    Ok(())
+
+    fn backend(&self) -> &'static str {
+        match self {
+            SeedDb::Sqlite(_) => "SQLite",
+            SeedDb::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    /// Insert rows of `columns` in batches, committing every `commit_every` rows.
+    async fn insert(
+        &self,
+        columns: &str,
+        rows: impl Iterator<Item = Vec<SeedVal>>,
+        batch: usize,
+        commit_every: usize,
+    ) -> Result<(), String> {
+        // One body for both backends: the query builder and the transaction are per database.
+        macro_rules! run {
+            ($db:ty, $pool:expr) => {{
+                let mut rows = rows.peekable();
+                let mut done = 0;
+                let mut tx = $pool.begin().await.map_err(|e| e.to_string())?;
+                while rows.peek().is_some() {
+                    let chunk: Vec<Vec<SeedVal>> = rows.by_ref().take(batch).collect();
+                    done += chunk.len();
+                    let mut q = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO archive ({columns}) "));
+                    q.push_values(chunk, |mut b, row| {
+                        for v in row {
+                            match v {
+                                SeedVal::Text(t) => b.push_bind(t),
+                                SeedVal::Int(i) => b.push_bind(i),
+                                SeedVal::Null => b.push_bind(Option::<String>::None),
+                            };
+                        }
+                    });
+                    q.build().execute(&mut *tx).await.map_err(|e| format!("insert: {e}"))?;
+                    if done >= commit_every {
+                        done = 0;
+                        tx.commit().await.map_err(|e| e.to_string())?;
+                        tx = $pool.begin().await.map_err(|e| e.to_string())?;
+                    }
+                }
+                tx.commit().await.map_err(|e| e.to_string())
+            }};
+        }
+        match self {
+            SeedDb::Sqlite(p) => run!(sqlx::Sqlite, p),
+            SeedDb::Postgres(p) => run!(sqlx::Postgres, p),
+        }
+    }
+
+    /// What a running server's maintenance would have done after a bulk load: ANALYZE on SQLite,
+    /// VACUUM ANALYZE (autovacuum's work after that many inserts) on PostgreSQL.
+    async fn analyze(&self) -> Result<(), String> {
+        let r = match self {
+            SeedDb::Sqlite(p) => sqlx::query("ANALYZE").execute(p).await.map(|_| ()),
+            SeedDb::Postgres(p) => sqlx::query("VACUUM ANALYZE archive").execute(p).await.map(|_| ()),
+        };
+        r.map_err(|e| format!("analyze: {e}"))
+    }
+
+    async fn count(&self, sql: &str, who: &str) -> Result<i64, String> {
+        let r = match self {
+            SeedDb::Sqlite(p) => sqlx::query_scalar::<_, i64>(sql).bind(who).fetch_one(p).await,
+            SeedDb::Postgres(p) => sqlx::query_scalar::<_, i64>(sql).bind(who).fetch_one(p).await,
+        };
+        r.map_err(|e| format!("count: {e}"))
+    }
+
+    async fn close(self) {
+        match self {
+            SeedDb::Sqlite(p) => p.close().await,
+            SeedDb::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// The two rows of seeded message `k` (from `peer` to `owner`, bare JIDs, at `ts` µs): the
+/// owner's incoming copy and the peer's outgoing copy, as the server itself would store them.
+fn seed_rows(schema: SeedSchema, owner: &str, peer: &str, k: usize, ts: i64, run: &str) -> [Vec<SeedVal>; 2] {
+    use SeedVal::{Int, Null, Text};
+    let body = format!("archive seed message {k} {}", "x".repeat(60));
+    match schema {
+        SeedSchema::Starling => {
+            // Starling stores the stanza as routed, the recipient's copy with its <stanza-id/>.
+            let sid = |out: bool| format!("seed{run}{k:09}{}", if out { "o" } else { "i" });
+            let stanza = |extra: &str| {
+                format!("<message xmlns='jabber:client' from='{peer}/seed' to='{owner}' type='chat' id='s{k}'><body>{body}</body>{extra}</message>")
+            };
+            let sid_in = sid(false);
+            let incoming = stanza(&format!("<stanza-id xmlns='urn:xmpp:sid:0' id='{sid_in}' by='{owner}'/>"));
+            [
+                vec![
+                    Text(owner.into()),
+                    Text(sid_in),
+                    Text(peer.into()),
+                    Text(format!("{peer}/seed")),
+                    Int(0),
+                    Int(ts),
+                    Null,
+                    Text(incoming),
+                ],
+                vec![Text(peer.into()), Text(sid(true)), Text(owner.into()), Text(owner.into()), Int(1), Int(ts), Null, Text(stanza(""))],
+            ]
+        }
+        SeedSchema::Ejabberd => {
+            // ejabberd (mod_mam_sql, single-host schema) keys rows by localpart, uses the
+            // timestamp (µs) as the archive id, and stores the stanza without <stanza-id/>.
+            let local = |j: &str| j.split('@').next().unwrap_or(j).to_string();
+            let xml = format!(
+                "<message xml:lang='en' to='{owner}' from='{peer}/seed' type='chat' id='s{k}' xmlns='jabber:client'><body>{body}</body></message>"
+            );
+            [
+                vec![
+                    Text(local(owner)),
+                    Int(ts),
+                    Text(format!("{peer}/seed")),
+                    Text(peer.into()),
+                    Text(xml.clone()),
+                    Text(body.clone()),
+                    Text("chat".into()),
+                    Text(String::new()),
+                ],
+                vec![
+                    Text(local(peer)),
+                    Int(ts),
+                    Text(owner.into()),
+                    Text(owner.into()),
+                    Text(xml),
+                    Text(body),
+                    Text("chat".into()),
+                    Text(String::new()),
+                ],
+            ]
+        }
+    }
+}
+
+/// What seeding by SQL found and did.
+struct Seeded {
+    backend: &'static str,
+    analyze_s: Option<f64>,
+    /// The owner's rows in the table afterwards.
+    owner_rows: i64,
+}
+
+/// Seed by SQL: message k (0..messages) comes from peer k mod P, one millisecond after k-1, the
+/// newest at the current time.
+async fn seed_db(url: &str, schema: SeedSchema, owner: &str, peers: &[String], messages: usize, analyze: bool) -> Result<Seeded, String> {
+    let db = SeedDb::open(url).await?;
+    let run: String = rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    let (columns, count_sql) = match schema {
+        SeedSchema::Starling => {
+            ("owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml", "SELECT COUNT(*) FROM archive WHERE owner = $1")
+        }
+        SeedSchema::Ejabberd => {
+            ("username, timestamp, peer, bare_peer, xml, txt, kind, nick", "SELECT COUNT(*) FROM archive WHERE username = $1")
+        }
+    };
+    let rows = (0..messages).flat_map(|k| {
+        let ts = now - ((messages - k) as i64) * 1000;
+        seed_rows(schema, owner, &peers[k % peers.len()], k, ts, &run)
+    });
+    let r = async {
+        db.insert(columns, rows, 1000, 100_000).await?;
+        let analyze_s = if analyze {
+            let t = Instant::now();
+            db.analyze().await?;
+            Some(round(t.elapsed().as_secs_f64(), 2))
+        } else {
+            None
+        };
+        let who = match schema {
+            SeedSchema::Starling => owner.to_string(),
+            SeedSchema::Ejabberd => owner.split('@').next().unwrap_or(owner).to_string(),
+        };
+        let owner_rows = db.count(count_sql, &who).await?;
+        Ok(Seeded { backend: db.backend(), analyze_s, owner_rows })
+    }
+    .await;
+    db.close().await;
+    r
 }
 
 /// Seed over XMPP: the peers send to the online owner, at most `window` ahead of what it received.
@@ -1388,7 +1578,10 @@ struct ArchiveArgs {
     owner: String,
     peers: usize,
     queries: usize,
-    seed_sqlite: Option<PathBuf>,
+    /// --seed-db (or --seed-sqlite as `sqlite:PATH`).
+    seed_db: Option<String>,
+    seed_schema: SeedSchema,
+    analyze: bool,
     window: usize,
     no_seed: bool,
 }
@@ -1403,7 +1596,8 @@ fn lat_fields(m: &mut serde_json::Map<String, Value>, prefix: &str, mut v: Vec<u
 async fn archive(a: ArchiveArgs) -> Value {
     let c = ctx();
     let pid = c.t.server_pid;
-    let mut m = base("archive", format!("archive, {} messages, {} queries of each kind", a.messages, a.queries));
+    let seeded_how = if a.seed_db.is_some() && !a.no_seed { " seeded by SQL" } else { "" };
+    let mut m = base("archive", format!("archive, {} messages{seeded_how}, {} queries of each kind", a.messages, a.queries));
     m.insert("messages".into(), json!(a.messages));
     m.insert("peers".into(), json!(a.peers));
     m.insert("queries".into(), json!(a.queries));
@@ -1418,11 +1612,25 @@ async fn archive(a: ArchiveArgs) -> Value {
         let cpu0 = proc_cpu_s(pid);
         let other = OtherLoad::start(pid);
         let t0 = Instant::now();
-        let r = match &a.seed_sqlite {
-            Some(p) => {
-                m.insert("seed_method".into(), json!("direct SQL insert into Starling's archive table"));
-                seed_sqlite(p, &owner_bare, &peer_jids, a.messages).await
-            }
+        let r = match &a.seed_db {
+            Some(url) => match seed_db(url, a.seed_schema, &owner_bare, &peer_jids, a.messages, a.analyze).await {
+                Ok(sd) => {
+                    let table = match a.seed_schema {
+                        SeedSchema::Starling => "Starling's archive table",
+                        SeedSchema::Ejabberd => "ejabberd's archive table",
+                    };
+                    let after = match (sd.analyze_s.is_some(), sd.backend) {
+                        (false, _) => "",
+                        (true, "PostgreSQL") => ", then VACUUM ANALYZE",
+                        (true, _) => ", then ANALYZE",
+                    };
+                    m.insert("seed_method".into(), json!(format!("direct SQL insert into {table} ({}){after}", sd.backend)));
+                    m.insert("analyze_s".into(), json!(sd.analyze_s));
+                    m.insert("archive_rows_sql".into(), json!(sd.owner_rows));
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
             None => {
                 m.insert("seed_method".into(), json!("messages sent over XMPP"));
                 seed_xmpp(&a.owner, peers, a.messages, a.window).await
@@ -1436,7 +1644,7 @@ async fn archive(a: ArchiveArgs) -> Value {
             m.insert("error".into(), json!(format!("seeding: {e}")));
             return finish(m);
         }
-        if a.seed_sqlite.is_none() {
+        if a.seed_db.is_none() {
             m.insert("seed_msgs_per_s".into(), json!(round(a.messages as f64 / secs, 1)));
             if let (Some(x), Some(y)) = (cpu0, cpu1) {
                 m.insert("seed_server_cpu_s_per_1000".into(), json!(round((y - x) * 1000.0 / a.messages as f64, 4)));
@@ -1552,7 +1760,11 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, i8)] {
         ],
         "archive" => &[
             ("archive_count", "messages in the archive (RSM count)", 0),
-            ("seed_s", "seeding time, s", -1),
+            ("archive_rows_sql", "owner's rows in the database after seeding (SQL count)", 0),
+            ("seed_method", "seeding", 0),
+            // No ratio: seeded by SQL, it is the generator's insert speed into each schema.
+            ("seed_s", "seeding time, s", 0),
+            ("analyze_s", "of which ANALYZE, s", 0),
             ("seed_msgs_per_s", "seeding rate over XMPP, msg/s", 1),
             ("seed_server_cpu_s_per_1000", "server CPU per 1,000 seeded messages, s", -1),
             ("page_p50_ms", "50-message page p50, ms", -1),
@@ -1561,7 +1773,10 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, i8)] {
             ("with_p99_ms", "`with` query p99, ms", -1),
             ("after_p50_ms", "`after-id` query p50, ms", -1),
             ("after_p99_ms", "`after-id` query p99, ms", -1),
+            ("page_avg_results", "page results per query", 0),
+            ("with_avg_results", "`with` results per query", 0),
             ("after_avg_results", "`after-id` results per query", 0),
+            ("after_method", "`after-id` sent as", 0),
             ("other_cpu_cores", "other processes' CPU while seeding, cores", 0),
             ("other_cpu_cores_queries", "other processes' CPU during the queries, cores", 0),
         ],
@@ -1584,9 +1799,43 @@ const HEADLINE: &[(&str, &str, &str)] = &[
     ("chat", "server_cpu_s_per_1000", "server CPU per 1,000 messages, s"),
     ("chat", "latency_p99_ms", "message latency p99, ms"),
     ("archive", "page_p99_ms", "50-message archive page p99, ms"),
+    ("archive", "with_p99_ms", "archive `with` query p99, ms"),
+    ("archive", "after_p99_ms", "archive `after-id` sync query p99, ms"),
 ];
 
-fn report(files: &[PathBuf], subject: &str) -> Result<String, String> {
+/// A Markdown table of figures per server, then ratios per (subject, other) pair; ratio columns
+/// with no figure at all are left out.
+struct Table {
+    first: String,
+    servers: Vec<String>,
+    pairs: Vec<(String, String)>,
+    /// (label, one cell per server, one ratio per pair).
+    rows: Vec<(String, Vec<String>, Vec<String>)>,
+}
+
+impl Table {
+    fn render(&self) -> String {
+        let keep: Vec<usize> = (0..self.pairs.len()).filter(|&i| self.rows.iter().any(|r| !r.2[i].is_empty())).collect();
+        let mut out = format!("| {} | {} |", self.first, self.servers.join(" | "));
+        for &i in &keep {
+            out.push_str(&format!(" {} / {} |", self.pairs[i].0, self.pairs[i].1));
+        }
+        out.push_str(&format!("\n|---|{}\n", "---:|".repeat(self.servers.len() + keep.len())));
+        for (label, cells, ratios) in &self.rows {
+            out.push_str(&format!("| {label} |"));
+            for c in cells {
+                out.push_str(&format!(" {c} |"));
+            }
+            for &i in &keep {
+                out.push_str(&format!(" {} |", ratios[i]));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn report(files: &[PathBuf], subjects: &[String]) -> Result<String, String> {
     let mut rows: Vec<Value> = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
@@ -1606,13 +1855,17 @@ fn report(files: &[PathBuf], subject: &str) -> Result<String, String> {
             cases.push((scen, case));
         }
     }
-    // The subject first, the others in the order they ran.
-    servers.sort_by_key(|x| x != subject);
-    let others: Vec<&String> = servers.iter().filter(|x| *x != subject).collect();
+    // The subjects first (in the order given), the others in the order they ran.
+    servers.sort_by_key(|x| subjects.iter().position(|s| s == x).unwrap_or(subjects.len()));
+    let pairs: Vec<(String, String)> = servers
+        .iter()
+        .filter(|x| subjects.contains(x))
+        .flat_map(|a| servers.iter().filter(|x| !subjects.contains(x)).map(move |b| (a.clone(), b.clone())))
+        .collect();
     let find = |srv: &str, case: &str| rows.iter().find(|r| s(r, "server") == srv && s(r, "case") == case);
     // A ratio only between two runs that completed.
-    let ratio = |case: &str, key: &str, other: &str| -> String {
-        let (Some(a), Some(b)) = (find(subject, case), find(other, case)) else { return String::new() };
+    let ratio = |case: &str, key: &str, (a, b): &(String, String)| -> String {
+        let (Some(a), Some(b)) = (find(a, case), find(b, case)) else { return String::new() };
         if a.get("error").is_some() || b.get("error").is_some() {
             return String::new();
         }
@@ -1621,44 +1874,43 @@ fn report(files: &[PathBuf], subject: &str) -> Result<String, String> {
             _ => String::new(),
         }
     };
-    let header = |first: &str| {
-        let mut h = format!("| {first} | {} |", servers.join(" | "));
-        for o in &others {
-            h.push_str(&format!(" {subject} / {o} |"));
-        }
-        h.push_str(&format!("\n|---|{}\n", "---:|".repeat(servers.len() + others.len())));
-        h
-    };
+    let has = |case: &str, key: &str| servers.iter().any(|srv| find(srv, case).and_then(|r| r.get(key)).is_some_and(|v| !v.is_null()));
     let mut out = String::new();
     out.push_str("### Headline figures (lower is better)\n\n");
-    out.push_str(&header("case: figure"));
+    let mut head = Table { first: "case: figure".into(), servers: servers.clone(), pairs: pairs.clone(), rows: Vec::new() };
     for (scen, case) in &cases {
         for (hs, key, label) in HEADLINE {
-            if hs != scen || !servers.iter().any(|srv| find(srv, case).and_then(|r| r.get(*key)).is_some_and(|v| !v.is_null())) {
+            if hs != scen || !has(case, key) {
                 continue;
             }
-            out.push_str(&format!("| {case}: {label} |"));
-            for srv in &servers {
-                let r = find(srv, case);
-                let v = if r.is_some_and(|r| r.get("error").is_some()) { "failed".to_string() } else { cell(r.and_then(|r| r.get(*key))) };
-                out.push_str(&format!(" {v} |"));
-            }
-            for o in &others {
-                out.push_str(&format!(" {} |", ratio(case, key, o)));
-            }
-            out.push('\n');
+            let cells = servers
+                .iter()
+                .map(|srv| {
+                    let r = find(srv, case);
+                    if r.is_some_and(|r| r.get("error").is_some()) {
+                        "failed".to_string()
+                    } else {
+                        cell(r.and_then(|r| r.get(*key)))
+                    }
+                })
+                .collect();
+            head.rows.push((format!("{case}: {label}"), cells, pairs.iter().map(|p| ratio(case, key, p)).collect()));
         }
     }
+    out.push_str(&head.render());
     out.push('\n');
     for (scen, case) in &cases {
         out.push_str(&format!("### {case}\n\n"));
-        out.push_str(&header(""));
+        // Only the servers this case ran on.
+        let here: Vec<String> = servers.iter().filter(|srv| find(srv, case).is_some()).cloned().collect();
+        let here_pairs: Vec<(String, String)> = pairs.iter().filter(|(a, b)| here.contains(a) && here.contains(b)).cloned().collect();
+        let mut t = Table { first: String::new(), servers: here.clone(), pairs: here_pairs.clone(), rows: Vec::new() };
         let mut keys: Vec<(&str, &str, i8)> = metrics(scen).to_vec();
         keys.push(("mech", "SASL mechanism", 0));
         keys.push(("tls", "TLS", 0));
         keys.push(("error", "error", 0));
         for (key, label, better) in keys {
-            if !servers.iter().any(|srv| find(srv, case).and_then(|r| r.get(key)).is_some_and(|v| !v.is_null())) {
+            if !has(case, key) {
                 continue;
             }
             let hint = match better {
@@ -1666,16 +1918,11 @@ fn report(files: &[PathBuf], subject: &str) -> Result<String, String> {
                 1 => " (higher is better)",
                 _ => "",
             };
-            out.push_str(&format!("| {label}{hint} |"));
-            for srv in &servers {
-                out.push_str(&format!(" {} |", cell(find(srv, case).and_then(|r| r.get(key)))));
-            }
-            for o in &others {
-                let r = if better != 0 { ratio(case, key, o) } else { String::new() };
-                out.push_str(&format!(" {r} |"));
-            }
-            out.push('\n');
+            let cells = here.iter().map(|srv| cell(find(srv, case).and_then(|r| r.get(key)))).collect();
+            let ratios = here_pairs.iter().map(|p| if better != 0 { ratio(case, key, p) } else { String::new() }).collect();
+            t.rows.push((format!("{label}{hint}"), cells, ratios));
         }
+        out.push_str(&t.render());
         out.push('\n');
     }
     Ok(out)
@@ -1752,8 +1999,22 @@ fn main() -> std::process::ExitCode {
                 Scenario::Chat { pairs, rate, seconds, window, body, background, resources, concurrency, drain, .. } => {
                     chat(ChatArgs { pairs, rate, seconds, window, body, background, resources, concurrency, drain }).await
                 }
-                Scenario::Archive { messages, owner, peers, queries, seed_sqlite, window, no_seed, .. } => {
-                    archive(ArchiveArgs { messages, owner, peers, queries, seed_sqlite, window, no_seed }).await
+                Scenario::Archive {
+                    messages,
+                    owner,
+                    peers,
+                    queries,
+                    seed_db,
+                    seed_schema,
+                    seed_sqlite,
+                    no_analyze,
+                    window,
+                    no_seed,
+                    ..
+                } => {
+                    let seed_db = seed_db.or_else(|| seed_sqlite.map(|p| format!("sqlite:{}", p.display())));
+                    archive(ArchiveArgs { messages, owner, peers, queries, seed_db, seed_schema, analyze: !no_analyze, window, no_seed })
+                        .await
                 }
                 Scenario::Report { .. } => Value::Null,
             }
