@@ -15,6 +15,7 @@ use crate::jid::{self, BareJid, FullJid, Jid};
 use crate::server::Server;
 use crate::session::{Deliver, Outgoing};
 use crate::storage::archive::{ArchiveFilter, NewArchived, Prefs};
+use crate::storage::writer::PendingWrite;
 use crate::xml::{ns, Element};
 
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
@@ -157,7 +158,7 @@ fn default_prefs(server: &Server) -> Prefs {
 }
 
 /// Archive `el` for `owner` if it qualifies; returns the stanza id used, after stamping it on
-/// `el` when `stamp` (the recipient's copy carries its id).
+/// `el` when `stamp` (the recipient's copy carries its id). Returns once the row is committed.
 pub async fn archive(
     server: &Server,
     owner: &BareJid,
@@ -166,6 +167,25 @@ pub async fn archive(
     el: &mut Element,
     stamp: bool,
 ) -> Result<Option<String>, StanzaError> {
+    match archive_queued(server, owner, peer, outgoing, el, stamp).await? {
+        Some((sid, pending)) => {
+            pending.wait().await?;
+            Ok(Some(sid))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Like `archive`, but only queues the row: the caller waits on the handle once it has done
+/// what it can meanwhile, so the two copies of a message usually share one commit.
+pub async fn archive_queued(
+    server: &Server,
+    owner: &BareJid,
+    peer: &Jid,
+    outgoing: bool,
+    el: &mut Element,
+    stamp: bool,
+) -> Result<Option<(String, PendingWrite)>, StanzaError> {
     if !server.config.archive.enabled || !archivable(el) || !allowed(server, owner, &peer.to_bare()).await {
         return Ok(None);
     }
@@ -176,20 +196,17 @@ pub async fn archive(
     }
     let origin = el.find("origin-id", NS_SID).and_then(|o| o.get_attr("id")).map(String::from);
     let xml = el.to_xml();
-    server
-        .storage
-        .archive_insert(&NewArchived {
-            owner: owner.as_str(),
-            stanza_id: &sid,
-            peer: peer.to_bare().as_str(),
-            peer_full: peer.as_str(),
-            outgoing,
-            ts: now_micros(),
-            origin_id: origin.as_deref(),
-            xml: &xml,
-        })
-        .await?;
-    Ok(Some(sid))
+    let pending = server.storage.archive_submit(&NewArchived {
+        owner: owner.as_str(),
+        stanza_id: &sid,
+        peer: peer.to_bare().as_str(),
+        peer_full: peer.as_str(),
+        outgoing,
+        ts: now_micros(),
+        origin_id: origin.as_deref(),
+        xml: &xml,
+    })?;
+    Ok(Some((sid, pending)))
 }
 
 fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {

@@ -981,14 +981,24 @@ impl Bound {
                     st.set_to(Jid::from(own.clone()));
                 }
                 // The sender's copy: archived (no stanza-id on the routed stanza), carbon-copied.
+                // Its row is queued before routing and waited for after, so it usually shares a
+                // commit with the recipient's copy; the stanza counts as handled (and is acked)
+                // only once both are stored.
                 modules::mam::strip_forged_ids(&mut st.el, own.as_str());
+                let mut pending = None;
                 if let Some(peer) = st.to.clone().filter(|p| p.to_bare() != own) {
-                    if let Err(e) = modules::mam::archive(&server, &own, &peer, true, &mut st.el, false).await {
-                        tracing::error!(error = ?e, "archiving an outgoing message");
+                    match modules::mam::archive_queued(&server, &own, &peer, true, &mut st.el, false).await {
+                        Ok(p) => pending = p.map(|(_, p)| p),
+                        Err(e) => tracing::error!(error = ?e, "archiving an outgoing message"),
                     }
                 }
                 modules::carbons::sent(&server, &self.jid, &st.el);
                 router::route(&server, st).await;
+                if let Some(p) = pending {
+                    if let Err(e) = p.wait().await {
+                        tracing::error!(error = ?e, "archiving an outgoing message");
+                    }
+                }
             }
         }
         None

@@ -3,6 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::writer::{ArchiveRow, PendingWrite};
 use super::{Result, Storage};
 
 /// One archived message, as stored.
@@ -62,21 +63,24 @@ pub struct Prefs {
 }
 
 impl Storage {
-    pub async fn archive_insert(&self, m: &NewArchived<'_>) -> Result<i64> {
-        let r = sqlx::query(
-            "INSERT INTO archive (owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-        )
-        .bind(m.owner)
-        .bind(m.stanza_id)
-        .bind(m.peer)
-        .bind(m.peer_full)
-        .bind(m.outgoing as i64)
-        .bind(m.ts)
-        .bind(m.origin_id.map(String::from))
-        .bind(m.xml)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(r.get(0))
+    /// Queue one archived message for the group commit (see `writer.rs`); the handle resolves
+    /// once it is committed.
+    pub fn archive_submit(&self, m: &NewArchived<'_>) -> Result<PendingWrite> {
+        self.archive_writer.submit(ArchiveRow {
+            owner: m.owner.to_string(),
+            stanza_id: m.stanza_id.to_string(),
+            peer: m.peer.to_string(),
+            peer_full: m.peer_full.to_string(),
+            outgoing: m.outgoing,
+            ts: m.ts,
+            origin_id: m.origin_id.map(String::from),
+            xml: m.xml.to_string(),
+        })
+    }
+
+    /// Store one archived message; returns once it is committed.
+    pub async fn archive_insert(&self, m: &NewArchived<'_>) -> Result<()> {
+        self.archive_submit(m)?.wait().await
     }
 
     /// Row id of an archived stanza id.

@@ -6,6 +6,7 @@ pub mod account;
 pub mod archive;
 pub mod roster;
 pub mod users;
+pub mod writer;
 
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] =
 pub struct Storage {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// Archive rows go through one writer with group commit.
+    archive_writer: writer::ArchiveWriter,
 }
 
 impl Storage {
@@ -64,52 +67,52 @@ impl Storage {
                     if backend == Backend::Sqlite {
                         // WAL: readers never wait for the writer; NORMAL sync is durable against
                         // a crash of the process. busy_timeout: writers queue instead of failing.
-                        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000;").await?;
+                        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA mmap_size=268435456; PRAGMA cache_size=-16384;").await?;
                     }
                     Ok(())
                 })
             })
             .connect(&url)
             .await?;
-        let storage = Storage { pool, backend };
-        storage.migrate().await?;
-        Ok(storage)
+        migrate(&pool, backend).await?;
+        // The writer's connection leaves the pool (which opens another in its place).
+        let checkpoints = (backend == Backend::Sqlite).then(|| pool.clone());
+        let archive_writer = writer::ArchiveWriter::start(pool.acquire().await?.detach(), checkpoints).await?;
+        Ok(Storage { pool, backend, archive_writer })
     }
 
-    async fn migrate(&self) -> Result<()> {
-        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-            .execute(&self.pool)
-            .await?;
-        let done: Vec<i64> = sqlx::query("SELECT version FROM schema_migrations")
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(|r: &AnyRow| r.get::<i64, _>(0))
-            .collect();
-        let list = match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS,
-            Backend::Postgres => POSTGRES_MIGRATIONS,
-        };
-        for (version, sql) in list {
-            if done.contains(version) {
-                continue;
-            }
-            let mut tx = self.pool.begin().await?;
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-                .bind(*version)
-                .bind(now_secs())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            tracing::info!(version, "applied schema migration");
-        }
-        Ok(())
-    }
-
+    /// Finish queued archive writes, then close every connection.
     pub async fn close(&self) {
+        self.archive_writer.close().await;
         self.pool.close().await;
     }
+}
+
+async fn migrate(pool: &AnyPool, backend: Backend) -> Result<()> {
+    sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .execute(pool)
+        .await?;
+    let done: Vec<i64> =
+        sqlx::query("SELECT version FROM schema_migrations").fetch_all(pool).await?.iter().map(|r: &AnyRow| r.get::<i64, _>(0)).collect();
+    let list = match backend {
+        Backend::Sqlite => SQLITE_MIGRATIONS,
+        Backend::Postgres => POSTGRES_MIGRATIONS,
+    };
+    for (version, sql) in list {
+        if done.contains(version) {
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(*version)
+            .bind(now_secs())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version, "applied schema migration");
+    }
+    Ok(())
 }
 
 pub fn now_secs() -> i64 {

@@ -1,0 +1,264 @@
+//! Group commit for archive rows.
+//!
+//! Every one-to-one message is archived twice (for the sender and for the recipient), and a
+//! caller only goes on once its row is durable. Written one by one, each row is its own
+//! transaction: on SQLite a WAL append of every page it touched (the table and four indexes),
+//! on PostgreSQL a round trip and a commit. Instead, one task owns one connection and writes
+//! whatever rows are waiting when it gets to them in one transaction, then answers every
+//! caller. Under load the rows of many messages share a commit; at low rates a row waits for no
+//! timer. The connection is kept for the writer alone, so on SQLite its page cache stays warm
+//! (another connection's write would invalidate it), and WAL checkpoints run beside it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Result, StorageError};
+
+/// One archive row, owned (it crosses to the writer task).
+#[derive(Debug, Clone)]
+pub struct ArchiveRow {
+    pub owner: String,
+    pub stanza_id: String,
+    pub peer: String,
+    pub peer_full: String,
+    pub outgoing: bool,
+    pub ts: i64,
+    pub origin_id: Option<String>,
+    pub xml: String,
+}
+
+enum Job {
+    Insert(ArchiveRow, oneshot::Sender<Result<()>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// Rows per transaction at most.
+const MAX_BATCH: usize = 256;
+/// Rows per INSERT statement: a batch is cut into these sizes, so only a handful of distinct
+/// statements are ever prepared.
+const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+/// How often the WAL is checkpointed when rows were written (SQLite).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const COLUMNS: &str = "owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml";
+
+#[derive(Clone)]
+pub struct ArchiveWriter {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl ArchiveWriter {
+    /// Start the writer task on its own connection. On SQLite, `checkpoints` is the pool a
+    /// background task uses to checkpoint the WAL: the writer itself never does (a checkpoint
+    /// in the writer would hold up every queued message for its duration).
+    pub async fn start(mut conn: AnyConnection, checkpoints: Option<AnyPool>) -> Result<ArchiveWriter> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, stopped) = oneshot::channel();
+        let written = Arc::new(AtomicU64::new(0));
+        if let Some(pool) = checkpoints {
+            conn.execute("PRAGMA wal_autocheckpoint=0").await?;
+            tokio::spawn(checkpointer(pool, written.clone(), stopped));
+        }
+        tokio::spawn(run(conn, rx, written, stop));
+        Ok(ArchiveWriter { tx })
+    }
+
+    /// Queue one row; the returned handle resolves once it is committed.
+    pub fn submit(&self, row: ArchiveRow) -> Result<PendingWrite> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Job::Insert(row, done)).map_err(|_| closed())?;
+        Ok(PendingWrite(wait))
+    }
+
+    /// Finish what is queued and close the connection.
+    pub async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Job::Close(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// A queued row. A caller that has more to do (route the message, queue the recipient's
+/// copy) submits, goes on, and waits at the end: both copies of a message then usually share
+/// one commit.
+pub struct PendingWrite(oneshot::Receiver<Result<()>>);
+
+impl PendingWrite {
+    pub async fn wait(self) -> Result<()> {
+        self.0.await.map_err(|_| closed())?
+    }
+}
+
+fn closed() -> StorageError {
+    StorageError::Invalid("the archive writer has stopped".into())
+}
+
+/// Checkpoint the WAL (PASSIVE: never waits for, nor blocks, the writer) after writes.
+async fn checkpointer(pool: AnyPool, written: Arc<AtomicU64>, mut stopped: oneshot::Receiver<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+        let now = written.load(Ordering::Relaxed);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+}
+
+async fn run(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>, written: Arc<AtomicU64>, _stop: oneshot::Sender<()>) {
+    let mut batch: Vec<(ArchiveRow, oneshot::Sender<Result<()>>)> = Vec::new();
+    let mut closing = None;
+    while let Some(job) = rx.recv().await {
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Insert(row, done) => batch.push((row, done)),
+                Job::Close(done) => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let rows: Vec<&ArchiveRow> = batch.iter().map(|(r, _)| r).collect();
+            match write(&mut conn, &rows).await {
+                Ok(()) => {
+                    written.fetch_add(1, Ordering::Relaxed);
+                    for (_, done) in batch.drain(..) {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    // One bad row must not fail the others: write each alone, answer each.
+                    tracing::warn!(error = %e, rows = batch.len(), "archive batch failed; writing its rows one by one");
+                    for (row, done) in batch.drain(..) {
+                        let _ = done.send(write(&mut conn, &[&row]).await);
+                    }
+                }
+            }
+        }
+        if let Some(done) = closing.take() {
+            let _ = conn.close().await;
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// All rows in one transaction.
+async fn write(conn: &mut AnyConnection, rows: &[&ArchiveRow]) -> Result<()> {
+    let mut tx = conn.begin().await?;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = CHUNKS.iter().copied().find(|c| *c <= rest.len()).unwrap_or(1);
+        let (chunk, tail) = rest.split_at(n);
+        let mut q = sqlx::query(insert_sql(n));
+        for r in chunk {
+            q = q
+                .bind(r.owner.as_str())
+                .bind(r.stanza_id.as_str())
+                .bind(r.peer.as_str())
+                .bind(r.peer_full.as_str())
+                .bind(r.outgoing as i64)
+                .bind(r.ts)
+                .bind(r.origin_id.clone())
+                .bind(r.xml.as_str());
+        }
+        q.execute(&mut *tx).await?;
+        rest = tail;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `INSERT ... VALUES ($1, ..., $8), ($9, ...)` for `n` rows, built once per size.
+fn insert_sql(n: usize) -> &'static str {
+    use std::sync::OnceLock;
+    static SQL: [OnceLock<String>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    let i = CHUNKS.iter().position(|c| *c == n).unwrap_or(CHUNKS.len() - 1);
+    SQL[i].get_or_init(|| {
+        let values: Vec<String> = (0..CHUNKS[i])
+            .map(|r| {
+                let p: Vec<String> = (1..=8).map(|c| format!("${}", r * 8 + c)).collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        format!("INSERT INTO archive ({COLUMNS}) VALUES {}", values.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_number_their_parameters_in_order() {
+        assert_eq!(
+            insert_sql(1),
+            "INSERT INTO archive (owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        );
+        let four = insert_sql(4);
+        assert!(four.ends_with("($25, $26, $27, $28, $29, $30, $31, $32)"), "{four}");
+        assert_eq!(insert_sql(64).matches('(').count(), 65);
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+    use crate::storage::archive::ArchiveFilter;
+    use crate::storage::Storage;
+
+    fn row(owner: &str, sid: &str) -> ArchiveRow {
+        ArchiveRow {
+            owner: owner.into(),
+            stanza_id: sid.into(),
+            peer: "peer@localhost".into(),
+            peer_full: "peer@localhost/r".into(),
+            outgoing: false,
+            ts: 1,
+            origin_id: None,
+            xml: format!("<message xmlns='jabber:client'><body>{sid}</body></message>"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_rows_are_all_committed_and_a_bad_row_fails_alone() {
+        let dir = std::env::temp_dir().join(format!("starling-writer-{}-{}", std::process::id(), super::super::now_secs()));
+        let url = format!("sqlite:{}", dir.join("t.db").display());
+        let s = Storage::open(&url, 4).await.unwrap();
+        // 300 rows queued at once: more than one batch, several statement sizes.
+        let pending: Vec<PendingWrite> =
+            (0..300).map(|i| s.archive_writer.submit(row("a@localhost", &format!("id{i}"))).unwrap()).collect();
+        // In the same burst, one row repeats a stanza id (unique per owner): only it fails.
+        let dup = s.archive_writer.submit(row("a@localhost", "id7")).unwrap();
+        let after = s.archive_writer.submit(row("a@localhost", "last")).unwrap();
+        for p in pending {
+            p.wait().await.unwrap();
+        }
+        assert!(dup.wait().await.is_err(), "a duplicate stanza id must be refused");
+        after.wait().await.unwrap();
+        let rows = s.archive_query(&ArchiveFilter { owner: "a@localhost".into(), limit: 1000, ..Default::default() }).await.unwrap();
+        assert_eq!(rows.len(), 301);
+        assert_eq!(rows.first().map(|r| r.stanza_id.as_str()), Some("id0"), "archive order is submission order");
+        assert_eq!(rows.last().map(|r| r.stanza_id.as_str()), Some("last"));
+        s.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
