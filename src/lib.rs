@@ -17,7 +17,13 @@
 //! The core is `xml`, `jid`, `stanza`, `stream`, `sasl`, `session`, `router`, `storage`;
 //! features are `modules`, each declaring its specifications, disco features and IQ handlers as
 //! data (`modules::MODULES`). Errors become wire errors only in `error.rs`. The routing table
-//! is documented on [`router`].
+//! is documented on [`router`]. Archive rows go through one writer with group commit
+//! (`storage::writer`): the two copies of a message usually share one transaction.
+//!
+//! Memory per connection is kept small on purpose: one task per bound session (its pending
+//! read is a future that owns the XML reader), negotiation and stanza handling in short-lived
+//! allocations, and no buffer held while a connection is idle (`xml::buf::IdleBuf`, the output
+//! buffer, `session::mailbox`).
 
 pub mod config;
 pub mod error;

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::csi::{Csi, NS_CSI};
+use super::mailbox::{self, mailbox};
 use super::registry::{Deliver, SessionEntry};
 use super::sm::{ResumeRequest, SmState, NS_SM};
 use crate::error::{Condition, StanzaError, StreamError};
@@ -558,7 +559,7 @@ impl Negotiation {
         };
         let server = self.server.clone();
         let blocked = modules::blocking::load(&server, &jid.to_bare()).await;
-        let (tx, rx) = mpsc::channel(server.config.c2s.mailbox_size);
+        let (tx, rx) = mailbox(server.config.c2s.mailbox_size);
         let id = server.sessions.next_id();
         let entry = SessionEntry {
             jid: jid.clone(),
@@ -573,9 +574,7 @@ impl Negotiation {
         };
         if let Some(old) = server.sessions.bind(entry, blocked) {
             // RFC 6120 section 7.7.2.2: the new login wins, the old stream gets <conflict/>.
-            tokio::spawn(async move {
-                let _ = old.tx.send(Deliver::Close(StreamError::Conflict)).await;
-            });
+            old.tx.force_send(Deliver::Close(StreamError::Conflict));
         }
         tracing::Span::current().record("jid", tracing::field::display(&jid));
         tracing::info!("resource bound");
@@ -620,10 +619,10 @@ struct Bound {
     server: Arc<Server>,
     jid: FullJid,
     id: u64,
-    /// Moved into the reader task when the loop starts.
+    /// Moved into the loop's pending read when it starts.
     reader: Option<Reader>,
     writer: Writer,
-    mailbox: mpsc::Receiver<Deliver>,
+    mailbox: mailbox::Receiver,
     presence: SessionPresence,
     /// Bytes waiting to be written; flushed once per loop turn so bursts become one write.
     out: String,
@@ -868,7 +867,7 @@ impl Bound {
             }
             budget -= 1;
             if budget > 0 {
-                next = self.mailbox.try_recv().ok();
+                next = self.mailbox.try_recv();
             }
         }
         if self.sm.unacked.len() > self.server.config.stream_management.max_unacked {

@@ -2,6 +2,7 @@
 
 pub mod c2s;
 pub mod csi;
+pub mod mailbox;
 pub mod registry;
 pub mod sm;
 

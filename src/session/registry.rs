@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use tokio::sync::mpsc;
-
 use crate::error::StreamError;
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::xml::Element;
@@ -39,7 +37,7 @@ pub enum Deliver {
     Close(StreamError),
 }
 
-pub type Mailbox = mpsc::Sender<Deliver>;
+pub type Mailbox = super::mailbox::Sender;
 
 /// One bound resource.
 #[derive(Debug, Clone)]
@@ -149,14 +147,11 @@ impl SessionRegistry {
     pub fn send(&self, s: &SessionEntry, d: Deliver) {
         match s.tx.try_send(d) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(super::mailbox::TrySendError::Full(_)) => {
                 tracing::warn!(jid = %s.jid, "mailbox full; closing the session");
-                let tx = s.tx.clone();
-                tokio::spawn(async move {
-                    let _ = tx.send(Deliver::Close(StreamError::PolicyViolation)).await;
-                });
+                s.tx.force_send(Deliver::Close(StreamError::PolicyViolation));
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(super::mailbox::TrySendError::Closed(_)) => {}
         }
     }
 
