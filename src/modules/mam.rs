@@ -196,15 +196,15 @@ pub async fn archive_queued(
     }
     let origin = el.find("origin-id", NS_SID).and_then(|o| o.get_attr("id")).map(String::from);
     let xml = el.to_xml();
-    let pending = server.storage.archive_submit(&NewArchived {
-        owner: owner.as_str(),
-        stanza_id: &sid,
-        peer: peer.to_bare().as_str(),
-        peer_full: peer.as_str(),
+    let pending = server.storage.archive_submit(NewArchived {
+        owner: owner.to_string(),
+        stanza_id: sid.clone(),
+        peer: peer.to_bare().to_string(),
+        peer_full: peer.to_string(),
         outgoing,
         ts: now_micros(),
-        origin_id: origin.as_deref(),
-        xml: &xml,
+        origin_id: origin,
+        xml,
     })?;
     Ok(Some((sid, pending)))
 }

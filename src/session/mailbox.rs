@@ -64,12 +64,16 @@ pub fn mailbox(capacity: usize) -> (Sender, Receiver) {
 impl Sender {
     /// Queue without waiting.
     pub fn try_send(&self, d: Deliver) -> Result<(), TrySendError> {
+        self.push(d, true)
+    }
+
+    fn push(&self, d: Deliver, bounded: bool) -> Result<(), TrySendError> {
         {
             let mut st = self.shared.lock();
             if st.closed {
                 return Err(TrySendError::Closed(d));
             }
-            if st.queue.len() >= self.shared.capacity {
+            if bounded && st.queue.len() >= self.shared.capacity {
                 return Err(TrySendError::Full(d));
             }
             st.queue.push_back(d);
@@ -93,14 +97,7 @@ impl Sender {
 
     /// Queue even past the capacity: for the one item that tells a session to close.
     pub fn force_send(&self, d: Deliver) {
-        {
-            let mut st = self.shared.lock();
-            if st.closed {
-                return;
-            }
-            st.queue.push_back(d);
-        }
-        self.shared.ready.notify_one();
+        let _ = self.push(d, false);
     }
 }
 

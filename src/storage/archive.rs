@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::writer::{ArchiveRow, PendingWrite};
+use super::writer::PendingWrite;
 use super::{Result, Storage};
 
 /// One archived message, as stored.
@@ -17,15 +17,18 @@ pub struct ArchivedRow {
     pub xml: String,
 }
 
-pub struct NewArchived<'a> {
-    pub owner: &'a str,
-    pub stanza_id: &'a str,
-    pub peer: &'a str,
-    pub peer_full: &'a str,
+/// A message to archive for one account. Owned: it crosses to the archive writer's task.
+#[derive(Debug, Clone)]
+pub struct NewArchived {
+    pub owner: String,
+    pub stanza_id: String,
+    /// Bare JID of the peer.
+    pub peer: String,
+    pub peer_full: String,
     pub outgoing: bool,
     pub ts: i64,
-    pub origin_id: Option<&'a str>,
-    pub xml: &'a str,
+    pub origin_id: Option<String>,
+    pub xml: String,
 }
 
 /// Filters and paging of an archive query, already resolved to row ids.
@@ -65,21 +68,12 @@ pub struct Prefs {
 impl Storage {
     /// Queue one archived message for the group commit (see `writer.rs`); the handle resolves
     /// once it is committed.
-    pub fn archive_submit(&self, m: &NewArchived<'_>) -> Result<PendingWrite> {
-        self.archive_writer.submit(ArchiveRow {
-            owner: m.owner.to_string(),
-            stanza_id: m.stanza_id.to_string(),
-            peer: m.peer.to_string(),
-            peer_full: m.peer_full.to_string(),
-            outgoing: m.outgoing,
-            ts: m.ts,
-            origin_id: m.origin_id.map(String::from),
-            xml: m.xml.to_string(),
-        })
+    pub fn archive_submit(&self, m: NewArchived) -> Result<PendingWrite> {
+        self.archive_writer.submit(m)
     }
 
     /// Store one archived message; returns once it is committed.
-    pub async fn archive_insert(&self, m: &NewArchived<'_>) -> Result<()> {
+    pub async fn archive_insert(&self, m: NewArchived) -> Result<()> {
         self.archive_submit(m)?.wait().await
     }
 

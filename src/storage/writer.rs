@@ -16,23 +16,11 @@ use std::time::Duration;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
+use super::archive::NewArchived;
 use super::{Result, StorageError};
 
-/// One archive row, owned (it crosses to the writer task).
-#[derive(Debug, Clone)]
-pub struct ArchiveRow {
-    pub owner: String,
-    pub stanza_id: String,
-    pub peer: String,
-    pub peer_full: String,
-    pub outgoing: bool,
-    pub ts: i64,
-    pub origin_id: Option<String>,
-    pub xml: String,
-}
-
 enum Job {
-    Insert(ArchiveRow, oneshot::Sender<Result<()>>),
+    Insert(NewArchived, oneshot::Sender<Result<()>>),
     Close(oneshot::Sender<()>),
 }
 
@@ -67,7 +55,7 @@ impl ArchiveWriter {
     }
 
     /// Queue one row; the returned handle resolves once it is committed.
-    pub fn submit(&self, row: ArchiveRow) -> Result<PendingWrite> {
+    pub fn submit(&self, row: NewArchived) -> Result<PendingWrite> {
         let (done, wait) = oneshot::channel();
         self.tx.send(Job::Insert(row, done)).map_err(|_| closed())?;
         Ok(PendingWrite(wait))
@@ -119,7 +107,7 @@ async fn checkpointer(pool: AnyPool, written: Arc<AtomicU64>, mut stopped: onesh
 }
 
 async fn run(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>, written: Arc<AtomicU64>, _stop: oneshot::Sender<()>) {
-    let mut batch: Vec<(ArchiveRow, oneshot::Sender<Result<()>>)> = Vec::new();
+    let mut batch: Vec<(NewArchived, oneshot::Sender<Result<()>>)> = Vec::new();
     let mut closing = None;
     while let Some(job) = rx.recv().await {
         let mut next = Some(job);
@@ -136,7 +124,7 @@ async fn run(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>, writ
             }
         }
         if !batch.is_empty() {
-            let rows: Vec<&ArchiveRow> = batch.iter().map(|(r, _)| r).collect();
+            let rows: Vec<&NewArchived> = batch.iter().map(|(r, _)| r).collect();
             match write(&mut conn, &rows).await {
                 Ok(()) => {
                     written.fetch_add(1, Ordering::Relaxed);
@@ -162,7 +150,7 @@ async fn run(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>, writ
 }
 
 /// All rows in one transaction.
-async fn write(conn: &mut AnyConnection, rows: &[&ArchiveRow]) -> Result<()> {
+async fn write(conn: &mut AnyConnection, rows: &[&NewArchived]) -> Result<()> {
     let mut tx = conn.begin().await?;
     let mut rest = rows;
     while !rest.is_empty() {
@@ -177,7 +165,7 @@ async fn write(conn: &mut AnyConnection, rows: &[&ArchiveRow]) -> Result<()> {
                 .bind(r.peer_full.as_str())
                 .bind(r.outgoing as i64)
                 .bind(r.ts)
-                .bind(r.origin_id.clone())
+                .bind(r.origin_id.as_deref())
                 .bind(r.xml.as_str());
         }
         q.execute(&mut *tx).await?;
@@ -225,8 +213,8 @@ mod store_tests {
     use crate::storage::archive::ArchiveFilter;
     use crate::storage::Storage;
 
-    fn row(owner: &str, sid: &str) -> ArchiveRow {
-        ArchiveRow {
+    fn row(owner: &str, sid: &str) -> NewArchived {
+        NewArchived {
             owner: owner.into(),
             stanza_id: sid.into(),
             peer: "peer@localhost".into(),

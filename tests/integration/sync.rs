@@ -302,15 +302,15 @@ mod retention {
         for (i, age_days) in [(0, 3i64), (1, 2), (2, 0)] {
             let id = format!("r{i}");
             s.storage
-                .archive_insert(&NewArchived {
-                    owner: "alice@localhost",
-                    stanza_id: &id,
-                    peer: "bob@localhost",
-                    peer_full: "bob@localhost/b",
+                .archive_insert(NewArchived {
+                    owner: "alice@localhost".into(),
+                    stanza_id: id,
+                    peer: "bob@localhost".into(),
+                    peer_full: "bob@localhost/b".into(),
                     outgoing: false,
                     ts: now - age_days * 86_400_000_000,
                     origin_id: None,
-                    xml: "<message xmlns='jabber:client'><body>x</body></message>",
+                    xml: "<message xmlns='jabber:client'><body>x</body></message>".into(),
                 })
                 .await
                 .unwrap();
