@@ -23,7 +23,8 @@
 //! Memory per connection is kept small on purpose: one task per bound session (its pending
 //! read is a future that owns the XML reader), negotiation and stanza handling in short-lived
 //! allocations, and no buffer held while a connection is idle (`xml::buf::IdleBuf`, the output
-//! buffer, `session::mailbox`).
+//! buffer, `session::mailbox`, and TLS: rustls runs the handshake, then `stream::record` seals
+//! and opens records with the traffic keys, holding nothing else between records).
 
 pub mod config;
 pub mod error;

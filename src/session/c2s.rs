@@ -64,11 +64,8 @@ async fn negotiate(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     let limits = Limits { max_element_bytes: server.config.limits.max_stanza_size, max_depth: server.config.limits.max_depth };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(server.config.c2s.auth_timeout_secs);
     let (transport, cb) = if direct_tls {
-        match tokio::time::timeout_at(deadline, server.tls.direct.accept(tcp)).await {
-            Ok(Ok(tls)) => {
-                let cb = server.tls.bindings(&tls);
-                (Transport::Tls(Box::new(tls)), cb)
-            }
+        match tokio::time::timeout_at(deadline, server.tls.accept(tcp, true)).await {
+            Ok(Ok((tls, cb))) => (Transport::Tls(Box::new(tls)), cb),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");
                 return None;
@@ -321,14 +318,18 @@ impl Negotiation {
         let Transport::Plain(tcp) = rd.unsplit(wr) else {
             return Err(StreamError::InternalServerError);
         };
-        let tls = match tokio::time::timeout_at(self.deadline, self.server.tls.starttls.accept(tcp)).await {
+        let (tls, cb) = match tokio::time::timeout_at(self.deadline, self.server.tls.accept(tcp, false)).await {
             Ok(Ok(t)) => t,
-            _ => {
-                tracing::debug!("STARTTLS handshake failed");
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "STARTTLS handshake failed");
+                return Err(StreamError::UndefinedCondition);
+            }
+            Err(_) => {
+                tracing::debug!("STARTTLS handshake timed out");
                 return Err(StreamError::UndefinedCondition);
             }
         };
-        self.cb = self.server.tls.bindings(&tls);
+        self.cb = cb;
         let (rd, wr) = tokio::io::split(Transport::Tls(Box::new(tls)));
         self.reader = Some(XmlReader::new(rd, self.limits));
         self.writer = Some(wr);

@@ -1,7 +1,16 @@
 //! TLS for client streams: certificates per domain (loaded, or self-signed with rcgen on first
 //! start and reused), rustls server configs for STARTTLS and direct TLS (ALPN `xmpp-client`,
-//! XEP-0368), TLS 1.2 and 1.3 only, and the channel-binding data of a finished handshake.
+//! XEP-0368), TLS 1.2 and 1.3 only, the handshake, and the channel-binding data of a finished
+//! handshake.
+//!
+//! rustls' unbuffered API runs the handshake in buffers that live only as long as it does;
+//! then its traffic keys go to `stream::record`, which holds nothing while the connection is
+//! idle. rustls' unbuffered connection does not give the exporter or the SNI, so both are taken
+//! while the handshake runs: the certificate resolver notes the certificate it picked and a key
+//! log notes the TLS 1.3 exporter secret, each in a thread-local read right after the
+//! synchronous `process_tls_records` call that produced it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
@@ -10,18 +19,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use rustls::crypto::ring as provider;
+use rustls::crypto::tls13::{HkdfExpander, OkmBlock};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{ServerConfig, SupportedCipherSuite};
 use sha2::Digest;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::sasl::scram::ChannelBindings;
+use crate::stream::record::TlsStream;
 
 /// A client connection, before or after TLS.
 pub enum Transport {
@@ -87,14 +97,62 @@ impl Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name()).map(|c| c.key.clone())
+        let cert = self.pick(hello.server_name())?;
+        CAPTURE.with(|c| c.borrow_mut().end_point = Some(cert.end_point.clone()));
+        Some(cert.key.clone())
     }
 }
 
+/// What the handshake's callbacks noted, for the connection whose records are being processed
+/// on this thread.
+#[derive(Default)]
+struct Captured {
+    end_point: Option<Vec<u8>>,
+    exporter_secret: Option<Vec<u8>>,
+}
+
+thread_local! {
+    static CAPTURE: RefCell<Captured> = RefCell::new(Captured::default());
+}
+
+/// Notes the TLS 1.3 exporter secret of the handshake in progress (never written anywhere).
+#[derive(Debug)]
+struct ExporterSecret;
+
+impl rustls::KeyLog for ExporterSecret {
+    fn will_log(&self, label: &str) -> bool {
+        label == "EXPORTER_SECRET"
+    }
+    fn log(&self, label: &str, _client_random: &[u8], secret: &[u8]) {
+        if label == "EXPORTER_SECRET" {
+            CAPTURE.with(|c| c.borrow_mut().exporter_secret = Some(secret.to_vec()));
+        }
+    }
+}
+
+/// RFC 8446 section 7.1, HKDF-Expand-Label.
+fn expand_label(expander: &dyn HkdfExpander, label: &[u8], context: &[u8], out: &mut [u8]) -> Option<()> {
+    let len = (out.len() as u16).to_be_bytes();
+    let label_len = [(6 + label.len()) as u8];
+    let context_len = [context.len() as u8];
+    expander.expand_slice(&[&len, &label_len, b"tls13 ", label, &context_len, context], out).ok()
+}
+
+/// RFC 8446 section 7.5: the exporter, from the exporter secret, with an empty context.
+fn tls13_export(suite: SupportedCipherSuite, secret: &[u8], label: &[u8], out: &mut [u8]) -> Option<()> {
+    let SupportedCipherSuite::Tls13(s) = suite else { return None };
+    let empty_hash = s.common.hash_provider.hash(&[]);
+    let mut derived = vec![0u8; empty_hash.as_ref().len()];
+    expand_label(s.hkdf_provider.expander_for_okm(&OkmBlock::new(secret)).as_ref(), label, empty_hash.as_ref(), &mut derived)?;
+    expand_label(s.hkdf_provider.expander_for_okm(&OkmBlock::new(&derived)).as_ref(), b"exporter", empty_hash.as_ref(), out)
+}
+
+/// Largest handshake flight accepted from a client.
+const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024;
+
 pub struct TlsSetup {
-    resolver: Arc<Resolver>,
-    pub starttls: TlsAcceptor,
-    pub direct: TlsAcceptor,
+    starttls: Arc<ServerConfig>,
+    direct: Arc<ServerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,20 +240,318 @@ impl TlsSetup {
                 .with_cert_resolver(resolver.clone());
             sc.alpn_protocols = alpn;
             sc.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+            // The record layer takes the keys over once the handshake is done.
+            sc.enable_secret_extraction = true;
+            sc.key_log = Arc::new(ExporterSecret);
             Ok(Arc::new(sc))
         };
-        Ok(TlsSetup {
-            starttls: TlsAcceptor::from(build(Vec::new())?),
-            direct: TlsAcceptor::from(build(vec![b"xmpp-client".to_vec()])?),
-            resolver,
-        })
+        Ok(TlsSetup { starttls: build(Vec::new())?, direct: build(vec![b"xmpp-client".to_vec()])? })
     }
 
-    /// Channel-binding values for a finished handshake.
-    pub fn bindings(&self, tls: &TlsStream<TcpStream>) -> ChannelBindings {
-        let (_, conn) = tls.get_ref();
-        let tls_exporter = conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None).ok();
-        let tls_server_end_point = self.resolver.pick(conn.server_name()).map(|c| c.end_point.clone());
-        ChannelBindings { tls_exporter, tls_server_end_point }
+    /// Run the server side of a TLS handshake on `io` (direct TLS, or after STARTTLS's
+    /// `<proceed/>`), then hand the connection to the record layer. Returns the connection and
+    /// its channel-binding values: tls-server-end-point for the certificate presented
+    /// (none on a resumed session, where no certificate is sent), and tls-exporter on TLS 1.3
+    /// (RFC 9266 does not define it for TLS 1.2 without care this server does not take).
+    pub async fn accept<IO>(&self, mut io: IO, direct: bool) -> io::Result<(TlsStream<IO>, ChannelBindings)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = if direct { &self.direct } else { &self.starttls };
+        let mut conn = UnbufferedServerConnection::new(config.clone()).map_err(io::Error::other)?;
+        // The handshake's buffers: dropped when it ends.
+        let mut incoming: Vec<u8> = Vec::new();
+        let mut used = 0;
+        let mut outgoing: Vec<u8> = Vec::new();
+        let mut early: Vec<u8> = Vec::new();
+        let mut noted = Captured::default();
+        loop {
+            CAPTURE.with(|c| *c.borrow_mut() = Captured::default());
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut incoming[..used]);
+            CAPTURE.with(|c| {
+                let c = std::mem::take(&mut *c.borrow_mut());
+                noted.end_point = c.end_point.or(noted.end_point.take());
+                noted.exporter_secret = c.exporter_secret.or(noted.exporter_secret.take());
+            });
+            let step = match state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    encode(&mut outgoing, |buf| e.encode(buf))?;
+                    Step::Process
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => {
+                    t.done();
+                    Step::Write
+                }
+                Ok(ConnectionState::BlockedHandshake) => Step::Read,
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    // Application data that came right behind the client's Finished.
+                    while let Some(rec) = r.next_record() {
+                        early.extend_from_slice(rec.map_err(io::Error::other)?.payload);
+                    }
+                    Step::Process
+                }
+                Ok(ConnectionState::WriteTraffic(_)) => Step::Done,
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => return Err(io::Error::other("unexpected TLS handshake state")),
+                Err(e) => Step::Fail(e),
+            };
+            incoming.copy_within(discard..used, 0);
+            used -= discard;
+            match step {
+                Step::Process => {}
+                Step::Write => {
+                    io.write_all(&outgoing).await?;
+                    outgoing.clear();
+                }
+                Step::Read => {
+                    if used == incoming.len() {
+                        if used >= MAX_HANDSHAKE_BUFFER {
+                            return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS handshake message too large"));
+                        }
+                        incoming.resize((used * 2).clamp(4096, MAX_HANDSHAKE_BUFFER), 0);
+                    }
+                    let n = io.read(&mut incoming[used..]).await?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    used += n;
+                }
+                Step::Fail(e) => {
+                    // Send the alert rustls queued for the error, best effort.
+                    if let Ok(ConnectionState::EncodeTlsData(mut a)) = conn.process_tls_records(&mut []).state {
+                        if encode(&mut outgoing, |buf| a.encode(buf)).is_ok() {
+                            let _ = io.write_all(&outgoing).await;
+                        }
+                    }
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                Step::Done => break,
+            }
+        }
+        let (secrets, schedule) = conn.dangerous_into_kernel_connection().map_err(io::Error::other)?;
+        let mut exporter = None;
+        if let Some(secret) = noted.exporter_secret.as_deref() {
+            let mut out = vec![0u8; 32];
+            if tls13_export(schedule.negotiated_cipher_suite(), secret, b"EXPORTER-Channel-Binding", &mut out).is_some() {
+                exporter = Some(out);
+            }
+        }
+        let bindings = ChannelBindings { tls_exporter: exporter, tls_server_end_point: noted.end_point };
+        // Only the bytes of a record begun: the handshake's buffer is dropped here.
+        let partial = incoming[..used].to_vec();
+        let stream = TlsStream::new(io, secrets, schedule, early, partial)?;
+        Ok((stream, bindings))
+    }
+}
+
+enum Step {
+    Process,
+    Read,
+    Write,
+    Fail(rustls::Error),
+    Done,
+}
+
+/// Append one encoded chunk of handshake data to `out`.
+fn encode(out: &mut Vec<u8>, mut f: impl FnMut(&mut [u8]) -> Result<usize, EncodeError>) -> io::Result<()> {
+    let at = out.len();
+    let need = match f(&mut []) {
+        Err(EncodeError::InsufficientSize(s)) => s.required_size,
+        Ok(_) => return Ok(()),
+        Err(e) => return Err(io::Error::other(e)),
+    };
+    out.resize(at + need, 0);
+    let n = f(&mut out[at..]).map_err(io::Error::other)?;
+    out.truncate(at + n);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, SupportedProtocolVersion};
+    use tokio::io::{duplex, DuplexStream};
+    use tokio_rustls::client::TlsStream as ClientTls;
+
+    /// A server setup with a self-signed certificate for `localhost`, and a client config that
+    /// trusts exactly that certificate.
+    fn setup(name: &str) -> (TlsSetup, rustls::RootCertStore) {
+        let dir = std::env::temp_dir().join(format!("starling-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Config::parse(&format!("[server]\nhosts = [\"localhost\"]\ndata_dir = {:?}\n", dir.display().to_string())).unwrap();
+        let setup = TlsSetup::new(&config).unwrap();
+        let pem = std::fs::read(dir.join("certs/localhost.crt")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        (setup, roots)
+    }
+
+    fn client_config(
+        roots: &rustls::RootCertStore,
+        version: &'static SupportedProtocolVersion,
+        suite: Option<rustls::SupportedCipherSuite>,
+    ) -> ClientConfig {
+        let mut provider = provider::default_provider();
+        if let Some(s) = suite {
+            provider.cipher_suites = vec![s];
+        }
+        ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth()
+    }
+
+    /// Handshake a rustls client against `accept` over an in-memory pipe.
+    async fn connect(setup: &TlsSetup, cfg: ClientConfig) -> (ClientTls<DuplexStream>, TlsStream<DuplexStream>, ChannelBindings) {
+        let (c, s) = duplex(64 * 1024);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let (client, server) = tokio::join!(connector.connect(ServerName::try_from("localhost").unwrap(), c), setup.accept(s, false));
+        let (server, cb) = server.unwrap();
+        (client.unwrap(), server, cb)
+    }
+
+    /// Both directions: small writes, one large write crossing many records, read back whole.
+    async fn exchange(client: &mut ClientTls<DuplexStream>, server: &mut TlsStream<DuplexStream>) {
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for msg in [&b"<presence/>"[..], &big[..]] {
+            let (w, r) = tokio::join!(async { client.write_all(msg).await.and(client.flush().await) }, async {
+                let mut got = vec![0u8; msg.len()];
+                server.read_exact(&mut got).await.map(|_| got)
+            });
+            w.unwrap();
+            assert_eq!(r.unwrap(), msg, "client to server");
+            let (w, r) = tokio::join!(async { server.write_all(msg).await.and(server.flush().await) }, async {
+                let mut got = vec![0u8; msg.len()];
+                client.read_exact(&mut got).await.map(|_| got)
+            });
+            w.unwrap();
+            assert_eq!(r.unwrap(), msg, "server to client");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_suite_and_version_carries_data_both_ways() {
+        let (setup, roots) = setup("suites");
+        let p = provider::default_provider();
+        for suite in p.cipher_suites.iter().copied() {
+            let version = match suite {
+                SupportedCipherSuite::Tls13(_) => &rustls::version::TLS13,
+                SupportedCipherSuite::Tls12(_) => &rustls::version::TLS12,
+            };
+            // The certificate is ECDSA: the TLS 1.2 RSA suites cannot be negotiated with it.
+            if format!("{:?}", suite.suite()).contains("_RSA_") {
+                continue;
+            }
+            let (mut client, mut server, cb) = connect(&setup, client_config(&roots, version, Some(suite))).await;
+            assert_eq!(client.get_ref().1.negotiated_cipher_suite(), Some(suite));
+            exchange(&mut client, &mut server).await;
+            // The exporter matches the client's own (RFC 9266), on TLS 1.3 only.
+            let theirs = client.get_ref().1.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None).ok();
+            match suite {
+                SupportedCipherSuite::Tls13(_) => assert_eq!(cb.tls_exporter, theirs, "{suite:?}"),
+                SupportedCipherSuite::Tls12(_) => assert_eq!(cb.tls_exporter, None),
+            }
+            assert!(cb.tls_server_end_point.is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn key_update_requested_by_the_client_is_answered() {
+        let (setup, roots) = setup("keyupdate");
+        let (mut client, mut server, _) = connect(&setup, client_config(&roots, &rustls::version::TLS13, None)).await;
+        for _ in 0..3 {
+            // The client switches keys and asks the server to switch too: the server must
+            // read under the new key, and answer with its own update before its next data.
+            client.get_mut().1.refresh_traffic_keys().unwrap();
+            exchange(&mut client, &mut server).await;
+            // Both keys are new: 8 records each way since (one small, seven for 100,000 bytes).
+            assert_eq!(server.sequence(), (8, 8));
+        }
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_the_stream_and_shutdown_sends_one() {
+        let (setup, roots) = setup("close");
+        let (mut client, mut server, _) = connect(&setup, client_config(&roots, &rustls::version::TLS13, None)).await;
+        client.write_all(b"last").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last");
+        server.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_tampered_record_fails_authentication() {
+        let (setup, roots) = setup("tamper");
+        let (mut client, server, _) = connect(&setup, client_config(&roots, &rustls::version::TLS13, None)).await;
+        // Seal a record on the client, flip one bit on the way.
+        let conn = client.get_mut().1;
+        conn.writer().write_all_sync(b"<message/>");
+        let mut wire = Vec::new();
+        conn.write_tls(&mut wire).unwrap();
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        let mut server = server;
+        let (mut raw, _) = client.into_inner();
+        raw.write_all(&wire).await.unwrap();
+        let mut buf = [0u8; 16];
+        let e = server.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        // The server sent a fatal bad_record_mac alert (sealed): one record came back.
+        let mut back = [0u8; 5];
+        raw.read_exact(&mut back).await.unwrap();
+        assert_eq!(back[0], 23);
+    }
+
+    #[tokio::test]
+    async fn records_arriving_one_byte_at_a_time_are_reassembled() {
+        let (setup, roots) = setup("dribble");
+        let (c, s) = duplex(64 * 1024);
+        let cfg = Arc::new(client_config(&roots, &rustls::version::TLS13, None));
+        let connector = tokio_rustls::TlsConnector::from(cfg);
+        let (client, server) = tokio::join!(connector.connect(ServerName::try_from("localhost").unwrap(), c), setup.accept(s, true));
+        let (mut client, (mut server, _)) = (client.unwrap(), server.unwrap());
+        // Seal a large message on the client, but let it reach the server one byte per write.
+        let conn = client.get_mut().1;
+        let msg: Vec<u8> = (0..40_000u32).map(|i| (i % 97) as u8).collect();
+        conn.writer().write_all_sync(&msg);
+        let mut wire = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut wire).unwrap();
+        }
+        let (mut raw, _) = client.into_inner();
+        let (w, r) = tokio::join!(
+            async {
+                for b in &wire {
+                    raw.write_all(std::slice::from_ref(b)).await.unwrap();
+                    tokio::task::yield_now().await;
+                }
+            },
+            async {
+                let mut got = vec![0u8; msg.len()];
+                server.read_exact(&mut got).await.map(|_| got)
+            }
+        );
+        let () = w;
+        assert_eq!(r.unwrap(), msg);
+        // Nothing is held once everything was read.
+        assert_eq!(server.held(), 0);
+    }
+
+    trait WriteAllSync {
+        fn write_all_sync(&mut self, b: &[u8]);
+    }
+    impl WriteAllSync for rustls::Writer<'_> {
+        fn write_all_sync(&mut self, b: &[u8]) {
+            std::io::Write::write_all(self, b).unwrap();
+        }
     }
 }
