@@ -140,7 +140,10 @@ impl Running {
     pub async fn shutdown(self) {
         let Running { server, shutdown_tx, alive_tx, mut alive_rx, .. } = self;
         tracing::info!(sessions = server.sessions.count(), "shutting down");
+        // Connections still negotiating watch the flag; bound sessions are told through their
+        // mailbox (a session bound after this sweep sees the flag when its loop starts).
         let _ = shutdown_tx.send(true);
+        server.sessions.close_all(crate::error::StreamError::SystemShutdown);
         drop(alive_tx);
         let grace = Duration::from_secs(server.config.server.shutdown_grace_secs);
         if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {

@@ -36,7 +36,9 @@ use crate::stream::header;
 use crate::stream::tls::Transport;
 use crate::xml::{ns, Element, Limits, StreamHeader, XmlError, XmlEvent, XmlReader};
 
-pub(crate) type Reader = XmlReader<ReadHalf<Transport>>;
+/// Boxed: the reader moves between the negotiation, the session and its pending read, and a
+/// session future would otherwise keep room for it in several places.
+pub(crate) type Reader = Box<XmlReader<ReadHalf<Transport>>>;
 pub(crate) type Writer = WriteHalf<Transport>;
 
 /// Writes that take longer than this mean the peer stopped reading.
@@ -79,7 +81,7 @@ async fn negotiate(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     let mut n = Negotiation {
         server: server.clone(),
         peer,
-        reader: Some(XmlReader::new(rd, limits)),
+        reader: Some(Box::new(XmlReader::new(rd, limits))),
         writer: Some(wr),
         cb,
         tls: direct_tls,
@@ -331,7 +333,7 @@ impl Negotiation {
         };
         self.cb = cb;
         let (rd, wr) = tokio::io::split(Transport::Tls(Box::new(tls)));
-        self.reader = Some(XmlReader::new(rd, self.limits));
+        self.reader = Some(Box::new(XmlReader::new(rd, self.limits)));
         self.writer = Some(wr);
         self.tls = true;
         self.header_sent = false;
@@ -420,7 +422,7 @@ impl Negotiation {
                 self.user = Some(crate::jid::node_str(&Jid::from(account)).to_string());
                 // The stream restarts right after <success/>.
                 let reader = self.reader.take().ok_or(StreamError::InternalServerError)?;
-                self.reader = Some(reader.restart());
+                self.reader = Some(Box::new(reader.restart()));
                 self.header_sent = false;
                 Ok(())
             }
@@ -645,16 +647,29 @@ enum End {
 }
 
 /// Parse the next event off a connection. The future owns the reader and gives it back, so
-/// the session loop can keep one pending read across its `select!` turns (a read is never
-/// cancelled half-way) without a second task or a channel per session.
+/// the session loop can keep one pending read across its turns (a read is never cancelled
+/// half-way) without a second task or a channel per session.
 async fn read_next(mut reader: Reader) -> (Reader, Result<XmlEvent, XmlError>) {
     let ev = reader.next().await;
     (reader, ev)
 }
 
+/// What woke a session loop.
+enum Event {
+    Resume(Box<ResumeRequest>),
+    Mail(Option<Deliver>),
+    Read(Result<XmlEvent, XmlError>),
+}
+
 impl Bound {
     async fn run(mut self) {
         let Some(mut reader) = self.reader.take() else { return };
+        if *self.server.shutdown.borrow() {
+            // Bound after the shutdown sweep of the registry.
+            Box::pin(self.close_stream(End::Error(StreamError::SystemShutdown, None))).await;
+            Box::pin(self.finish()).await;
+            return;
+        }
         loop {
             let end = self.connection(reader).await;
             for o in self.csi.take() {
@@ -682,33 +697,29 @@ impl Bound {
     }
 
     /// Serve the current connection until it ends.
+    ///
+    /// The loop waits on one hand-written poll (`next_event`) rather than a `select!`: the
+    /// future of an idle session holds the pending read and little else. Server shutdown
+    /// arrives through the mailbox like any other close.
     async fn connection(&mut self, reader: Reader) -> End {
-        let mut shutdown = self.server.shutdown.clone();
-        let read = read_next(reader);
-        tokio::pin!(read);
+        let mut read = std::pin::pin!(read_next(reader));
         loop {
-            let step = tokio::select! {
-                biased;
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => Some(End::Error(StreamError::SystemShutdown, None)),
-                r = recv_resume(&mut self.resume_rx) => Some(End::Resume(r)),
-                d = self.mailbox.recv() => match d {
-                    Some(d) => self.deliver(d),
-                    None => Some(End::Gone),
-                },
-                (reader, ev) = &mut read => match ev {
-                    Ok(XmlEvent::Element(el)) => {
-                        read.set(read_next(reader));
-                        // Handling a stanza (routing, storage) runs in its own allocation.
-                        Box::pin(self.inbound(el)).await
-                    }
-                    Ok(XmlEvent::StreamClose) => Some(End::Closed),
-                    Ok(XmlEvent::StreamOpen(_)) => Some(End::Error(StreamError::NotWellFormed, None)),
-                    Err(XmlError::Eof) | Err(XmlError::Io(_)) => Some(End::Gone),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "bad XML from client");
-                        Some(End::Error(StreamError::from(&e), None))
-                    }
-                },
+            let event = std::future::poll_fn(|cx| self.next_event(cx, read.as_mut(), read_next)).await;
+            let step = match event {
+                Event::Resume(r) => Some(End::Resume(r)),
+                Event::Mail(Some(d)) => self.deliver(d),
+                Event::Mail(None) => Some(End::Gone),
+                Event::Read(Ok(XmlEvent::Element(el))) => {
+                    // Handling a stanza (routing, storage) runs in its own allocation.
+                    Box::pin(self.inbound(el)).await
+                }
+                Event::Read(Ok(XmlEvent::StreamClose)) => Some(End::Closed),
+                Event::Read(Ok(XmlEvent::StreamOpen(_))) => Some(End::Error(StreamError::NotWellFormed, None)),
+                Event::Read(Err(XmlError::Eof) | Err(XmlError::Io(_))) => Some(End::Gone),
+                Event::Read(Err(e)) => {
+                    tracing::debug!(error = %e, "bad XML from client");
+                    Some(End::Error(StreamError::from(&e), None))
+                }
             };
             if let Some(end) = step {
                 return end;
@@ -720,6 +731,35 @@ impl Bound {
                 return End::Gone;
             }
         }
+    }
+
+    /// What the session loop acts on next, in this order: a resumption of this session, the
+    /// mailbox, the client's input. A finished read is restarted at once (its future owns the
+    /// reader), so a read is never cancelled half-way.
+    fn next_event<F>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        mut read: std::pin::Pin<&mut F>,
+        restart: impl FnOnce(Reader) -> F,
+    ) -> std::task::Poll<Event>
+    where
+        F: std::future::Future<Output = (Reader, Result<XmlEvent, XmlError>)>,
+    {
+        use std::task::Poll;
+        if let Some(rx) = self.resume_rx.as_mut() {
+            if let Poll::Ready(Some(r)) = rx.poll_recv(cx) {
+                return Poll::Ready(Event::Resume(r));
+            }
+        }
+        if let Poll::Ready(d) = self.mailbox.poll_recv(cx) {
+            return Poll::Ready(Event::Mail(d));
+        }
+        if let Poll::Ready((reader, ev)) = read.as_mut().poll(cx) {
+            // Restart the read with the reader it gave back.
+            read.set(restart(reader));
+            return Poll::Ready(Event::Read(ev));
+        }
+        Poll::Pending
     }
 
     async fn close_stream(&mut self, end: End) {

@@ -2,12 +2,15 @@
 //!
 //! A tokio channel allocates a block of 32 slots up front, about 0.8 KiB per session even when
 //! nothing is ever queued. This one is a `VecDeque` behind a mutex that is held only to push or
-//! pop (never across an `.await`), with two `Notify`s: an empty mailbox costs about 150 bytes.
+//! pop (never across an `.await`), the receiver's waker kept beside it, and a `Notify` for
+//! senders waiting for room: an empty mailbox costs about 150 bytes. The receiver is polled
+//! (`poll_recv`), so the session loop needs no future for it.
 //! One receiver; any number of senders. The receiver sees the end (`None`) once every sender is
 //! gone and the queue is drained.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
@@ -15,8 +18,6 @@ use super::registry::Deliver;
 
 struct Shared {
     state: Mutex<State>,
-    /// Something was queued, or the last sender left.
-    ready: Notify,
     /// Room was made.
     room: Notify,
     capacity: usize,
@@ -27,6 +28,8 @@ struct State {
     senders: usize,
     /// The receiver closed (or is gone): sends fail.
     closed: bool,
+    /// The receiver waiting for an item (or for the last sender to leave).
+    waiting: Option<Waker>,
 }
 
 impl Shared {
@@ -53,8 +56,7 @@ pub struct Receiver {
 /// A mailbox holding at most `capacity` items.
 pub fn mailbox(capacity: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { queue: VecDeque::new(), senders: 1, closed: false }),
-        ready: Notify::new(),
+        state: Mutex::new(State { queue: VecDeque::new(), senders: 1, closed: false, waiting: None }),
         room: Notify::new(),
         capacity: capacity.max(1),
     });
@@ -68,7 +70,7 @@ impl Sender {
     }
 
     fn push(&self, d: Deliver, bounded: bool) -> Result<(), TrySendError> {
-        {
+        let waiting = {
             let mut st = self.shared.lock();
             if st.closed {
                 return Err(TrySendError::Closed(d));
@@ -77,8 +79,11 @@ impl Sender {
                 return Err(TrySendError::Full(d));
             }
             st.queue.push_back(d);
+            st.waiting.take()
+        };
+        if let Some(w) = waiting {
+            w.wake();
         }
-        self.shared.ready.notify_one();
         Ok(())
     }
 
@@ -116,13 +121,17 @@ impl Clone for Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        let last = {
+        let waiting = {
             let mut st = self.shared.lock();
             st.senders -= 1;
-            st.senders == 0
+            if st.senders == 0 {
+                st.waiting.take()
+            } else {
+                None
+            }
         };
-        if last {
-            self.shared.ready.notify_one();
+        if let Some(w) = waiting {
+            w.wake();
         }
     }
 }
@@ -131,25 +140,39 @@ impl Receiver {
     /// The next item; `None` once every sender is gone (or the mailbox was closed) and nothing
     /// is left.
     pub async fn recv(&mut self) -> Option<Deliver> {
-        loop {
-            // A notification that lands between the check and the wait is kept as a permit.
-            if let Some(r) = self.poll_state() {
-                return r;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// `recv` as a poll: `Pending` registers the task to be woken by the next push (or by the
+    /// last sender leaving).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Deliver>> {
+        let mut st = self.shared.lock();
+        match Self::take(&mut st) {
+            Some(r) => {
+                drop(st);
+                if r.is_some() {
+                    // One item taken, room for one sender (a permit if none waits).
+                    self.shared.room.notify_one();
+                }
+                Poll::Ready(r)
             }
-            self.shared.ready.notified().await;
+            None => {
+                // Checked and registered under the same lock: no push can slip between.
+                match &mut st.waiting {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    w => *w = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
         }
     }
 
-    fn poll_state(&mut self) -> Option<Option<Deliver>> {
-        let mut st = self.shared.lock();
+    fn take(st: &mut State) -> Option<Option<Deliver>> {
         if let Some(d) = st.queue.pop_front() {
             if st.queue.is_empty() {
                 // Give the memory back once a burst is delivered.
                 st.queue = VecDeque::new();
             }
-            drop(st);
-            // One item taken, room for one sender (a permit if none waits).
-            self.shared.room.notify_one();
             return Some(Some(d));
         }
         if st.senders == 0 || st.closed {
@@ -159,7 +182,11 @@ impl Receiver {
     }
 
     pub fn try_recv(&mut self) -> Option<Deliver> {
-        self.poll_state().flatten()
+        let r = Self::take(&mut self.shared.lock()).flatten();
+        if r.is_some() {
+            self.shared.room.notify_one();
+        }
+        r
     }
 
     pub fn is_empty(&self) -> bool {

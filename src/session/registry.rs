@@ -155,10 +155,12 @@ impl SessionRegistry {
         }
     }
 
-    /// Every session (for shutdown).
-    pub fn all(&self) -> Vec<SessionEntry> {
+    /// Tell every session to close its stream with `e` (server shutdown), past any backlog.
+    pub fn close_all(&self, e: StreamError) {
         let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        map.values().flat_map(|a| a.sessions.iter().cloned()).collect()
+        for s in map.values().flat_map(|a| a.sessions.iter()) {
+            s.tx.force_send(Deliver::Close(e));
+        }
     }
 
     pub fn count(&self) -> usize {
