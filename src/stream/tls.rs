@@ -239,7 +239,10 @@ impl TlsSetup {
                 .with_no_client_auth()
                 .with_cert_resolver(resolver.clone());
             sc.alpn_protocols = alpn;
+            // Resumption: TLS 1.3 tickets are stateless (encrypted under a key rotated every 12
+            // hours), so the server keeps nothing per ticket; the cache serves TLS 1.2 session IDs.
             sc.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+            sc.ticketer = provider::Ticketer::new().map_err(|e| TlsSetupError::Bad("tls".into(), e.to_string()))?;
             // The record layer takes the keys over once the handshake is done.
             sc.enable_secret_extraction = true;
             sc.key_log = Arc::new(ExporterSecret);
@@ -250,8 +253,8 @@ impl TlsSetup {
 
     /// Run the server side of a TLS handshake on `io` (direct TLS, or after STARTTLS's
     /// `<proceed/>`), then hand the connection to the record layer. Returns the connection and
-    /// its channel-binding values: tls-server-end-point for the certificate presented
-    /// (none on a resumed session, where no certificate is sent), and tls-exporter on TLS 1.3
+    /// its channel-binding values: tls-server-end-point for the certificate picked for the
+    /// client's SNI (on a resumed session too), and tls-exporter on TLS 1.3
     /// (RFC 9266 does not define it for TLS 1.2 without care this server does not take).
     pub async fn accept<IO>(&self, mut io: IO, direct: bool) -> io::Result<(TlsStream<IO>, ChannelBindings)>
     where
@@ -456,6 +459,34 @@ mod tests {
                 SupportedCipherSuite::Tls12(_) => assert_eq!(cb.tls_exporter, None),
             }
             assert!(cb.tls_server_end_point.is_some());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_resumes_from_a_stateless_ticket() {
+        let (setup, roots) = setup("resume");
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let cfg = Arc::new(client_config(&roots, version, None));
+            let (c, s) = duplex(64 * 1024);
+            let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+            let (client, server) = tokio::join!(connector.connect(ServerName::try_from("localhost").unwrap(), c), setup.accept(s, false));
+            let (mut client, (mut server, first)) = (client.unwrap(), server.unwrap());
+            // The client takes its tickets in while reading.
+            exchange(&mut client, &mut server).await;
+            assert_eq!(client.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
+            drop((client, server));
+            let (c, s) = duplex(64 * 1024);
+            let (client, server) = tokio::join!(connector.connect(ServerName::try_from("localhost").unwrap(), c), setup.accept(s, false));
+            let (mut client, (mut server, cb)) = (client.unwrap(), server.unwrap());
+            assert_eq!(client.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed), "{version:?}");
+            exchange(&mut client, &mut server).await;
+            // The resolver still runs on resumption: the end-point binding is the certificate's.
+            assert!(first.tls_server_end_point.is_some());
+            assert_eq!(cb.tls_server_end_point, first.tls_server_end_point);
+            if version == &rustls::version::TLS13 {
+                let theirs = client.get_ref().1.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None).ok();
+                assert_eq!(cb.tls_exporter, theirs);
+            }
         }
     }
 
