@@ -28,7 +28,7 @@ enum Job {
 const MAX_BATCH: usize = 256;
 /// Rows per INSERT statement: a batch is cut into these sizes, so only a handful of distinct
 /// statements are ever prepared.
-const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+const CHUNKS: [usize; 5] = [64, 16, 4, 2, 1];
 /// How often the WAL is checkpointed when rows were written (SQLite).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 const COLUMNS: &str = "owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml";
@@ -149,36 +149,47 @@ async fn run(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>, writ
     }
 }
 
-/// All rows in one transaction.
+/// All rows in one transaction. A batch that fits one statement (the usual case at moderate
+/// load: the two copies of a message) is that statement alone, which is atomic by itself: one
+/// round trip to the database instead of three (BEGIN, INSERT, COMMIT).
 async fn write(conn: &mut AnyConnection, rows: &[&NewArchived]) -> Result<()> {
+    if CHUNKS.contains(&rows.len()) {
+        insert_chunk(rows).execute(&mut *conn).await?;
+        return Ok(());
+    }
     let mut tx = conn.begin().await?;
     let mut rest = rows;
     while !rest.is_empty() {
         let n = CHUNKS.iter().copied().find(|c| *c <= rest.len()).unwrap_or(1);
         let (chunk, tail) = rest.split_at(n);
-        let mut q = sqlx::query(insert_sql(n));
-        for r in chunk {
-            q = q
-                .bind(r.owner.as_str())
-                .bind(r.stanza_id.as_str())
-                .bind(r.peer.as_str())
-                .bind(r.peer_full.as_str())
-                .bind(r.outgoing as i64)
-                .bind(r.ts)
-                .bind(r.origin_id.as_deref())
-                .bind(r.xml.as_str());
-        }
-        q.execute(&mut *tx).await?;
+        insert_chunk(chunk).execute(&mut *tx).await?;
         rest = tail;
     }
     tx.commit().await?;
     Ok(())
 }
 
+/// One multi-row INSERT for `rows` (a length from `CHUNKS`).
+fn insert_chunk<'q>(rows: &[&'q NewArchived]) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(insert_sql(rows.len()));
+    for r in rows {
+        q = q
+            .bind(r.owner.as_str())
+            .bind(r.stanza_id.as_str())
+            .bind(r.peer.as_str())
+            .bind(r.peer_full.as_str())
+            .bind(r.outgoing as i64)
+            .bind(r.ts)
+            .bind(r.origin_id.as_deref())
+            .bind(r.xml.as_str());
+    }
+    q
+}
+
 /// `INSERT ... VALUES ($1, ..., $8), ($9, ...)` for `n` rows, built once per size.
 fn insert_sql(n: usize) -> &'static str {
     use std::sync::OnceLock;
-    static SQL: [OnceLock<String>; 4] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static SQL: [OnceLock<String>; CHUNKS.len()] = [const { OnceLock::new() }; CHUNKS.len()];
     let i = CHUNKS.iter().position(|c| *c == n).unwrap_or(CHUNKS.len() - 1);
     SQL[i].get_or_init(|| {
         let values: Vec<String> = (0..CHUNKS[i])
