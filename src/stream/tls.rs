@@ -577,6 +577,42 @@ mod tests {
         assert_eq!(server.held(), 0);
     }
 
+    #[tokio::test]
+    async fn data_sent_with_the_clients_finished_is_not_lost() {
+        let (setup, roots) = setup("coalesced");
+        let (c, s) = duplex(64 * 1024);
+        let client = async move {
+            let mut raw = c;
+            let cfg = Arc::new(client_config(&roots, &rustls::version::TLS13, None));
+            let mut conn = rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+            // Queued before the handshake: rustls sends it in the same flight as its Finished.
+            conn.writer().write_all_sync(b"<stream:stream>");
+            loop {
+                let mut wire = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut wire).unwrap();
+                }
+                raw.write_all(&wire).await.unwrap();
+                if !conn.is_handshaking() && !conn.wants_write() {
+                    break;
+                }
+                let mut buf = vec![0u8; 16384];
+                let n = raw.read(&mut buf).await.unwrap();
+                assert!(n > 0, "server closed during the handshake");
+                conn.read_tls(&mut &buf[..n]).unwrap();
+                conn.process_new_packets().unwrap();
+            }
+            raw
+        };
+        let (raw, server) = tokio::join!(client, setup.accept(s, true));
+        let (mut server, _) = server.unwrap();
+        let mut got = [0u8; 15];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), server.read_exact(&mut got)).await;
+        read.expect("the data that came with Finished was lost").unwrap();
+        assert_eq!(&got, b"<stream:stream>");
+        drop(raw);
+    }
+
     trait WriteAllSync {
         fn write_all_sync(&mut self, b: &[u8]);
     }
