@@ -30,7 +30,7 @@ const MAX_BATCH: usize = 256;
 /// statements are ever prepared.
 const CHUNKS: [usize; 5] = [64, 16, 4, 2, 1];
 /// How often the WAL is checkpointed when rows were written (SQLite).
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(2000);
 const COLUMNS: &str = "owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml";
 
 #[derive(Clone)]
