@@ -42,9 +42,7 @@ use base64::Engine;
 use clap::{Args, Parser, Subcommand};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use starling::sasl::credentials::Hash;
 use starling::xml::{ns, Element, Limits, XmlEvent, XmlReader};
@@ -388,54 +386,11 @@ fn ms(us: Option<u64>) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Transport and TLS
 
-/// Accepts any certificate: benchmark servers use self-signed ones.
-#[derive(Debug)]
-struct AcceptAny;
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn connector(alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
+    // Benchmark servers use self-signed certificates.
+    let mut cfg = starling::stream::insecure::client_config(alpn);
     // Every login is a full handshake.
     cfg.resumption = rustls::client::Resumption::disabled();
-    if let Some(a) = alpn {
-        cfg.alpn_protocols = vec![a.to_vec()];
-    }
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 

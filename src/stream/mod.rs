@@ -1,5 +1,6 @@
 //! Stream negotiation pieces shared by links: TLS setup and transports, stream headers.
 
+pub mod insecure;
 pub mod record;
 pub mod tls;
 

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use starling::config::Config;
 use starling::sasl::credentials::{Credentials, Hash};
 use starling::sasl::scram::client::ScramClient;
@@ -138,53 +136,9 @@ impl TestServer {
     }
 }
 
-/// Accepts any server certificate: the test server's is self-signed.
-#[derive(Debug)]
-struct AcceptAny;
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
-    }
-}
-
+/// The test server's certificate is self-signed.
 pub fn tls_connector(alpn: Option<&[u8]>) -> tokio_rustls::TlsConnector {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
-    if let Some(a) = alpn {
-        cfg.alpn_protocols = vec![a.to_vec()];
-    }
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(Arc::new(starling::stream::insecure::client_config(alpn)))
 }
 
 fn bindings(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
@@ -195,9 +149,7 @@ fn bindings(tls: &tokio_rustls::client::TlsStream<TcpStream>) -> (Option<Vec<u8>
     (exporter, end_point)
 }
 
-pub fn accept_any() -> Arc<dyn ServerCertVerifier> {
-    Arc::new(AcceptAny)
-}
+pub use starling::stream::insecure::accept_any;
 
 pub enum ClientTransport {
     Plain(TcpStream),
