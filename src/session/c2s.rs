@@ -1,6 +1,6 @@
 //! A client connection, from TCP accept to close: direct TLS or STARTTLS, SASL, resource
-//! binding, then the session loop that `select!`s over the parsed input, the mailbox and
-//! shutdown.
+//! binding, then the session loop over the parsed input, the mailbox (which also carries
+//! server shutdown) and resumption requests.
 //!
 //! Negotiation is sequential (one element in, one answer out) and runs in its own allocation,
 //! freed once the resource is bound. The bound session is one task: its loop keeps a single

@@ -127,7 +127,6 @@ async fn run(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>, writ
             let rows: Vec<&NewArchived> = batch.iter().map(|(r, _)| r).collect();
             match write(&mut conn, &rows).await {
                 Ok(()) => {
-                    written.fetch_add(1, Ordering::Relaxed);
                     for (_, done) in batch.drain(..) {
                         let _ = done.send(Ok(()));
                     }
@@ -140,6 +139,8 @@ async fn run(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>, writ
                     }
                 }
             }
+            // Something may have been written either way: the checkpointer looks at this.
+            written.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(done) = closing.take() {
             let _ = conn.close().await;

@@ -165,10 +165,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         })
     }
 
-    pub fn get_ref(&self) -> &IO {
-        &self.io
-    }
-
     /// Records opened and sealed under the current keys (for tests).
     #[cfg(test)]
     pub(crate) fn sequence(&self) -> (u64, u64) {
@@ -436,12 +432,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         loop {
             let want = if self.partial.len() < HEADER {
                 HEADER
+            } else if self.record_len() > HEADER + self.max_payload() {
+                return Poll::Ready(Err(self.fail(cx, RECORD_OVERFLOW, "TLS record too long")));
             } else {
-                let len = u16::from_be_bytes([self.partial[3], self.partial[4]]) as usize;
-                if len > self.max_payload() {
-                    return Poll::Ready(Err(self.fail(cx, RECORD_OVERFLOW, "TLS record too long")));
-                }
-                HEADER + len
+                self.record_len()
             };
             let have = self.partial.len();
             if have >= want {
