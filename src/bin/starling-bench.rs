@@ -45,6 +45,7 @@ use rand::Rng;
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use starling::sasl::credentials::Hash;
+use starling::storage::archive::stanza_id_for;
 use starling::xml::{ns, Element, Limits, XmlEvent, XmlReader};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -1323,6 +1324,16 @@ impl SeedDb {
         r.map_err(|e| format!("analyze: {e}"))
     }
 
+    /// The oldest row id in Starling's archive table, if any.
+    async fn oldest_id(&self) -> Result<Option<i64>, String> {
+        let sql = "SELECT MIN(id) FROM archive";
+        let r = match self {
+            SeedDb::Sqlite(p) => sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(p).await,
+            SeedDb::Postgres(p) => sqlx::query_scalar::<_, Option<i64>>(sql).fetch_one(p).await,
+        };
+        r.map_err(|e| format!("oldest id: {e}"))
+    }
+
     async fn count(&self, sql: &str, who: &str) -> Result<i64, String> {
         let r = match self {
             SeedDb::Sqlite(p) => sqlx::query_scalar::<_, i64>(sql).bind(who).fetch_one(p).await,
@@ -1341,30 +1352,43 @@ impl SeedDb {
 
 /// The two rows of seeded message `k` (from `peer` to `owner`, bare JIDs, at `ts` µs): the
 /// owner's incoming copy and the peer's outgoing copy, as the server itself would store them.
-fn seed_rows(schema: SeedSchema, owner: &str, peer: &str, k: usize, ts: i64, run: &str) -> [Vec<SeedVal>; 2] {
+fn seed_rows(schema: SeedSchema, owner: &str, peer: &str, k: usize, ts: i64) -> [Vec<SeedVal>; 2] {
     use SeedVal::{Int, Null, Text};
     let body = format!("archive seed message {k} {}", "x".repeat(60));
     match schema {
         SeedSchema::Starling => {
             // Starling stores the stanza as routed, the recipient's copy with its <stanza-id/>.
-            let sid = |out: bool| format!("seed{run}{k:09}{}", if out { "o" } else { "i" });
+            // Row ids are the archive's clock (the server's writer gives max(now, last + 1));
+            // messages here are 1 ms apart, so the sender's copy takes the next microsecond.
             let stanza = |extra: &str| {
                 format!("<message xmlns='jabber:client' from='{peer}/seed' to='{owner}' type='chat' id='s{k}'><body>{body}</body>{extra}</message>")
             };
-            let sid_in = sid(false);
+            let (id_in, id_out) = (ts, ts + 1);
+            let sid_in = stanza_id_for(id_in);
             let incoming = stanza(&format!("<stanza-id xmlns='urn:xmpp:sid:0' id='{sid_in}' by='{owner}'/>"));
             [
                 vec![
+                    Int(id_in),
                     Text(owner.into()),
                     Text(sid_in),
                     Text(peer.into()),
                     Text(format!("{peer}/seed")),
                     Int(0),
-                    Int(ts),
+                    Int(id_in),
                     Null,
                     Text(incoming),
                 ],
-                vec![Text(peer.into()), Text(sid(true)), Text(owner.into()), Text(owner.into()), Int(1), Int(ts), Null, Text(stanza(""))],
+                vec![
+                    Int(id_out),
+                    Text(peer.into()),
+                    Text(stanza_id_for(id_out)),
+                    Text(owner.into()),
+                    Text(owner.into()),
+                    Int(1),
+                    Int(id_out),
+                    Null,
+                    Text(stanza("")),
+                ],
             ]
         }
         SeedSchema::Ejabberd => {
@@ -1412,11 +1436,17 @@ struct Seeded {
 /// newest at the current time.
 async fn seed_db(url: &str, schema: SeedSchema, owner: &str, peers: &[String], messages: usize, analyze: bool) -> Result<Seeded, String> {
     let db = SeedDb::open(url).await?;
-    let run: String = rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(char::from).collect();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    let mut now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    if schema == SeedSchema::Starling {
+        // Starling's row ids are its archive's clock: the seeded messages end before the oldest
+        // row already there (from earlier scenarios), so no id is taken twice.
+        if let Some(oldest) = db.oldest_id().await? {
+            now = now.min(oldest - 1000);
+        }
+    }
     let (columns, count_sql) = match schema {
         SeedSchema::Starling => {
-            ("owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml", "SELECT COUNT(*) FROM archive WHERE owner = $1")
+            ("id, owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml", "SELECT COUNT(*) FROM archive WHERE owner = $1")
         }
         SeedSchema::Ejabberd => {
             ("username, timestamp, peer, bare_peer, xml, txt, kind, nick", "SELECT COUNT(*) FROM archive WHERE username = $1")
@@ -1424,7 +1454,7 @@ async fn seed_db(url: &str, schema: SeedSchema, owner: &str, peers: &[String], m
     };
     let rows = (0..messages).flat_map(|k| {
         let ts = now - ((messages - k) as i64) * 1000;
-        seed_rows(schema, owner, &peers[k % peers.len()], k, ts, &run)
+        seed_rows(schema, owner, &peers[k % peers.len()], k, ts)
     });
     let r = async {
         db.insert(columns, rows, 1000, 100_000).await?;

@@ -6,15 +6,12 @@
 //! delivery, stamped with `<stanza-id by=recipient>`. The archive is ordered by a server-assigned
 //! row id, so sync never depends on clocks.
 
-use rand::distributions::Alphanumeric;
-use rand::Rng;
-
 use super::{IqFuture, IqHandler, IqRequest, Module, Spec};
 use crate::error::{Condition, StanzaError};
 use crate::jid::{self, BareJid, FullJid, Jid};
 use crate::server::Server;
 use crate::session::{Deliver, Outgoing};
-use crate::storage::archive::{ArchiveFilter, NewArchived, Prefs};
+use crate::storage::archive::{stanza_id_for, ArchiveFilter, NewArchived, Prefs};
 use crate::storage::writer::PendingWrite;
 use crate::xml::{ns, Element};
 
@@ -49,10 +46,6 @@ pub const MODULE: Module = Module {
 const DEFAULT_PAGE: usize = 50;
 const MAX_PAGE: usize = 250;
 
-pub fn new_stanza_id() -> String {
-    rand::thread_rng().sample_iter(&Alphanumeric).take(18).map(char::from).collect()
-}
-
 pub fn has_hint(el: &Element, name: &str) -> bool {
     el.find(name, NS_HINTS).is_some()
 }
@@ -79,9 +72,7 @@ pub fn strip_forged_ids(el: &mut Element, by: &str) {
     el.retain_children(|c| !(c.is("stanza-id", NS_SID) && c.get_attr("by").is_none_or(|b| b == by)));
 }
 
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
-}
+pub use crate::storage::now_micros;
 
 fn format_micros(us: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
@@ -189,22 +180,18 @@ pub async fn archive_queued(
     if !server.config.archive.enabled || !archivable(el) || !allowed(server, owner, &peer.to_bare()).await {
         return Ok(None);
     }
-    let sid = new_stanza_id();
-    if stamp {
-        el.children
-            .push(crate::xml::Node::Element(Element::new("stanza-id", NS_SID).attr("id", sid.clone()).attr("by", owner.to_string())));
-    }
-    let origin = el.find("origin-id", NS_SID).and_then(|o| o.get_attr("id")).map(String::from);
-    let xml = el.to_xml();
-    let pending = server.storage.archive_submit(NewArchived {
-        owner: owner.to_string(),
-        stanza_id: sid.clone(),
-        peer: peer.to_bare().to_string(),
-        peer_full: peer.to_string(),
-        outgoing,
-        ts: now_micros(),
-        origin_id: origin,
-        xml,
+    let origin_id = el.find("origin-id", NS_SID).and_then(|o| o.get_attr("id")).map(String::from);
+    let (owner, peer_bare, peer_full) = (owner.to_string(), peer.to_bare().to_string(), peer.to_string());
+    let mut sid = String::new();
+    // Runs under the archive writer's queue lock: the id comes first, the stanza id and the
+    // serialized stanza carrying it are made from it.
+    let pending = server.storage.archive_submit(|id| {
+        sid = stanza_id_for(id);
+        if stamp {
+            el.children
+                .push(crate::xml::Node::Element(Element::new("stanza-id", NS_SID).attr("id", sid.clone()).attr("by", owner.clone())));
+        }
+        NewArchived { id, owner, stanza_id: sid.clone(), peer: peer_bare, peer_full, outgoing, ts: id, origin_id, xml: el.to_xml() }
     })?;
     Ok(Some((sid, pending)))
 }
@@ -314,8 +301,7 @@ async fn query(server: &Server, owner: &BareJid, from: &Jid, q: &Element) -> Res
                 "before-id" => f.before = Some(row_of(server, owner, &value).await?),
                 "ids" => {
                     for v in &values {
-                        row_of(server, owner, v.trim()).await?;
-                        f.ids.push(v.trim().to_string());
+                        f.ids.push(row_of(server, owner, v.trim()).await?);
                     }
                 }
                 _ => return Err(StanzaError::new(Condition::FeatureNotImplemented).with_text(format!("unknown field {var}"))),

@@ -1,5 +1,7 @@
 //! The message archive (XEP-0313), archiving preferences, and offline messages (XEP-0160).
 
+use rand::distributions::Alphanumeric;
+use rand::Rng;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -20,6 +22,8 @@ pub struct ArchivedRow {
 /// A message to archive for one account. Owned: it crosses to the archive writer's task.
 #[derive(Debug, Clone)]
 pub struct NewArchived {
+    /// Given by the archive writer (see `writer.rs`): the archive's clock, in microseconds.
+    pub id: i64,
     pub owner: String,
     pub stanza_id: String,
     /// Bare JID of the peer.
@@ -29,6 +33,25 @@ pub struct NewArchived {
     pub ts: i64,
     pub origin_id: Option<String>,
     pub xml: String,
+}
+
+/// The stanza id (XEP-0359) of archive row `id`: the id in hex, a dash, and twelve random
+/// characters, since XEP-0313 wants archive ids unpredictable. The id part makes it unique and
+/// lets a query find the row by its primary key.
+pub fn stanza_id_for(id: i64) -> String {
+    let random: String = rand::thread_rng().sample_iter(&Alphanumeric).take(12).map(char::from).collect();
+    format!("{id:x}-{random}")
+}
+
+/// The row id a stanza id made by `stanza_id_for` names (the row must still be checked to
+/// carry the whole stanza id). `None` for any other shape, such as ids given before
+/// migration 0003 (alphanumeric only).
+pub fn row_in_stanza_id(sid: &str) -> Option<i64> {
+    let (hex, random) = sid.split_once('-')?;
+    if hex.is_empty() || hex.len() > 15 || random.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    i64::from_str_radix(hex, 16).ok()
 }
 
 /// Filters and paging of an archive query, already resolved to row ids.
@@ -43,7 +66,8 @@ pub struct ArchiveFilter {
     pub after: Option<i64>,
     /// Only rows with id smaller than this.
     pub before: Option<i64>,
-    pub ids: Vec<String>,
+    /// Only these rows (ids already resolved by `archive_row_id`).
+    pub ids: Vec<i64>,
     /// Newest first (for `<before/>` paging).
     pub backward: bool,
     pub limit: usize,
@@ -66,25 +90,24 @@ pub struct Prefs {
 }
 
 impl Storage {
-    /// Queue one archived message for the group commit (see `writer.rs`); the handle resolves
-    /// once it is committed.
-    pub fn archive_submit(&self, m: NewArchived) -> Result<PendingWrite> {
+    /// Queue one archived message for the group commit (see `writer.rs`), made by `m` from
+    /// its row id; the handle resolves once it is committed.
+    pub fn archive_submit(&self, m: impl FnOnce(i64) -> NewArchived) -> Result<PendingWrite> {
         self.archive_writer.submit(m)
     }
 
     /// Store one archived message; returns once it is committed.
-    pub async fn archive_insert(&self, m: NewArchived) -> Result<()> {
+    pub async fn archive_insert(&self, m: impl FnOnce(i64) -> NewArchived) -> Result<()> {
         self.archive_submit(m)?.wait().await
     }
 
     /// Row id of an archived stanza id.
     pub async fn archive_row_id(&self, owner: &str, stanza_id: &str) -> Result<Option<i64>> {
-        let r = sqlx::query("SELECT id FROM archive WHERE owner = $1 AND stanza_id = $2")
-            .bind(owner)
-            .bind(stanza_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(r.map(|r| r.get(0)))
+        let r = match row_in_stanza_id(stanza_id) {
+            Some(id) => sqlx::query("SELECT id FROM archive WHERE owner = $1 AND id = $2 AND stanza_id = $3").bind(owner).bind(id),
+            None => sqlx::query("SELECT id FROM archive_legacy_ids WHERE owner = $1 AND stanza_id = $2").bind(owner),
+        };
+        Ok(r.bind(stanza_id).fetch_optional(&self.pool).await?.map(|r| r.get(0)))
     }
 
     /// Rows matching the filter, in the query's direction, at most `limit`.
@@ -101,11 +124,13 @@ impl Storage {
                 add(&mut sql, " AND peer_full = ?", Param::S(full.clone()));
             }
         }
+        // Ids are the archive's clock (never earlier than the message's time, and increasing),
+        // so time filters are id ranges on the same index as paging.
         if let Some(s) = f.start {
-            add(&mut sql, " AND ts >= ?", Param::I(s));
+            add(&mut sql, " AND id >= ?", Param::I(s));
         }
         if let Some(e) = f.end {
-            add(&mut sql, " AND ts <= ?", Param::I(e));
+            add(&mut sql, " AND id <= ?", Param::I(e));
         }
         if let Some(a) = f.after {
             add(&mut sql, " AND id > ?", Param::I(a));
@@ -114,12 +139,12 @@ impl Storage {
             add(&mut sql, " AND id < ?", Param::I(b));
         }
         if !f.ids.is_empty() {
-            sql.push_str(" AND stanza_id IN (");
+            sql.push_str(" AND id IN (");
             for (i, id) in f.ids.iter().enumerate() {
                 if i > 0 {
                     sql.push_str(", ");
                 }
-                add(&mut sql, "?", Param::S(id.clone()));
+                add(&mut sql, "?", Param::I(*id));
             }
             sql.push(')');
         }
@@ -151,9 +176,11 @@ impl Storage {
         })
     }
 
-    /// Retention: drop archived messages older than `ts` (microseconds).
+    /// Retention: drop archived messages older than `ts` (microseconds; ids are the archive's
+    /// clock, so this is a range of the primary key).
     pub async fn archive_expire(&self, ts: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM archive WHERE ts < $1").bind(ts).execute(&self.pool).await?.rows_affected())
+        sqlx::query("DELETE FROM archive_legacy_ids WHERE id < $1").bind(ts).execute(&self.pool).await?;
+        Ok(sqlx::query("DELETE FROM archive WHERE id < $1").bind(ts).execute(&self.pool).await?.rows_affected())
     }
 
     pub async fn archive_prefs(&self, owner: &str) -> Result<Option<Prefs>> {
@@ -206,5 +233,25 @@ impl Storage {
     pub async fn offline_delete_upto(&self, owner: &str, max_id: i64) -> Result<()> {
         sqlx::query("DELETE FROM offline_messages WHERE owner = $1 AND id <= $2").bind(owner).bind(max_id).execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stanza_ids_carry_their_row_and_nothing_else_parses() {
+        let id = 1_795_000_000_123_456;
+        let a = stanza_id_for(id);
+        let b = stanza_id_for(id);
+        assert_ne!(a, b, "the random part differs");
+        assert_eq!(row_in_stanza_id(&a), Some(id));
+        assert_eq!(row_in_stanza_id(&b), Some(id));
+        // Ids given before migration 0003 (18 alphanumerics), UUIDs from elsewhere, junk.
+        for other in ["aB3dE5gH7jK9mN1pQ2", "-x", "12-", "zz-abc", "", "1234567890abcdef0-abc", "-"] {
+            assert_eq!(row_in_stanza_id(other), None, "{other}");
+        }
+        assert_eq!(row_in_stanza_id("550e8400-e29b-41d4-a716-446655440000"), Some(0x550e8400), "checked against the row's stanza id");
     }
 }

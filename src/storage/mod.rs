@@ -30,10 +30,16 @@ pub enum Backend {
 }
 
 /// Migrations per engine, in order. Each file is applied once, inside a transaction.
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../schema/sqlite/0001_core.sql")), (2, include_str!("../../schema/sqlite/0002_archive.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../schema/postgres/0001_core.sql")), (2, include_str!("../../schema/postgres/0002_archive.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../schema/sqlite/0001_core.sql")),
+    (2, include_str!("../../schema/sqlite/0002_archive.sql")),
+    (3, include_str!("../../schema/sqlite/0003_archive_ids.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../schema/postgres/0001_core.sql")),
+    (2, include_str!("../../schema/postgres/0002_archive.sql")),
+    (3, include_str!("../../schema/postgres/0003_archive_ids.sql")),
+];
 
 #[derive(Clone)]
 pub struct Storage {
@@ -113,6 +119,10 @@ async fn migrate(pool: &AnyPool, backend: Backend) -> Result<()> {
         tracing::info!(version, "applied schema migration");
     }
     Ok(())
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 pub fn now_secs() -> i64 {

@@ -15,6 +15,7 @@ const ACCOUNT_TABLES: &[&str] = &[
     "blocked_jids",
     "last_activity",
     "archive",
+    "archive_legacy_ids",
     "archive_prefs",
     "offline_messages",
 ];

@@ -8,9 +8,14 @@
 //! caller. Under load the rows of many messages share a commit; at low rates a row waits for no
 //! timer. The connection is kept for the writer alone, so on SQLite its page cache stays warm
 //! (another connection's write would invalidate it), and WAL checkpoints run beside it.
+//!
+//! The writer also keeps the archive's clock: each row's id is max(now in microseconds,
+//! previous id + 1), given under the same lock that queues the row, so rows reach the database
+//! in id order and a reader never sees a row before one with a smaller id that is still to
+//! come. (Several processes sharing one database would each need their own id space.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::{AnyConnection, AnyPool, Connection, Executor};
@@ -31,11 +36,25 @@ const MAX_BATCH: usize = 256;
 const CHUNKS: [usize; 5] = [64, 16, 4, 2, 1];
 /// How often the WAL is checkpointed when rows were written (SQLite).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(2000);
-const COLUMNS: &str = "owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml";
+const COLUMNS: &str = "id, owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml";
+const PARAMS: usize = 9;
 
 #[derive(Clone)]
 pub struct ArchiveWriter {
+    queue: Arc<Mutex<Queue>>,
+}
+
+/// The last id given, and the writer's queue: one lock, so ids are queued in order.
+struct Queue {
+    last: i64,
     tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Queue {
+    fn next_id(&mut self) -> i64 {
+        self.last = super::now_micros().max(self.last + 1);
+        self.last
+    }
 }
 
 impl ArchiveWriter {
@@ -43,6 +62,8 @@ impl ArchiveWriter {
     /// background task uses to checkpoint the WAL: the writer itself never does (a checkpoint
     /// in the writer would hold up every queued message for its duration).
     pub async fn start(mut conn: AnyConnection, checkpoints: Option<AnyPool>) -> Result<ArchiveWriter> {
+        // The clock goes on from the newest row, whatever the system clock did meanwhile.
+        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM archive").fetch_one(&mut conn).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
         let written = Arc::new(AtomicU64::new(0));
@@ -51,20 +72,24 @@ impl ArchiveWriter {
             tokio::spawn(checkpointer(pool, written.clone(), stopped));
         }
         tokio::spawn(run(conn, rx, written, stop));
-        Ok(ArchiveWriter { tx })
+        Ok(ArchiveWriter { queue: Arc::new(Mutex::new(Queue { last, tx })) })
     }
 
-    /// Queue one row; the returned handle resolves once it is committed.
-    pub fn submit(&self, row: NewArchived) -> Result<PendingWrite> {
+    /// Queue one row, made by `row` from the id it gets (keep it short: it runs under the
+    /// queue's lock); the returned handle resolves once the row is committed.
+    pub fn submit(&self, row: impl FnOnce(i64) -> NewArchived) -> Result<PendingWrite> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Job::Insert(row, done)).map_err(|_| closed())?;
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let id = q.next_id();
+        q.tx.send(Job::Insert(NewArchived { id, ..row(id) }, done)).map_err(|_| closed())?;
         Ok(PendingWrite(wait))
     }
 
     /// Finish what is queued and close the connection.
     pub async fn close(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Job::Close(done)).is_ok() {
+        let sent = self.queue.lock().unwrap_or_else(|e| e.into_inner()).tx.send(Job::Close(done)).is_ok();
+        if sent {
             let _ = wait.await;
         }
     }
@@ -175,6 +200,7 @@ fn insert_chunk<'q>(rows: &[&'q NewArchived]) -> sqlx::query::Query<'q, sqlx::An
     let mut q = sqlx::query(insert_sql(rows.len()));
     for r in rows {
         q = q
+            .bind(r.id)
             .bind(r.owner.as_str())
             .bind(r.stanza_id.as_str())
             .bind(r.peer.as_str())
@@ -187,7 +213,7 @@ fn insert_chunk<'q>(rows: &[&'q NewArchived]) -> sqlx::query::Query<'q, sqlx::An
     q
 }
 
-/// `INSERT ... VALUES ($1, ..., $8), ($9, ...)` for `n` rows, built once per size.
+/// `INSERT ... VALUES ($1, ..., $9), ($10, ...)` for `n` rows, built once per size.
 fn insert_sql(n: usize) -> &'static str {
     use std::sync::OnceLock;
     static SQL: [OnceLock<String>; CHUNKS.len()] = [const { OnceLock::new() }; CHUNKS.len()];
@@ -195,7 +221,7 @@ fn insert_sql(n: usize) -> &'static str {
     SQL[i].get_or_init(|| {
         let values: Vec<String> = (0..CHUNKS[i])
             .map(|r| {
-                let p: Vec<String> = (1..=8).map(|c| format!("${}", r * 8 + c)).collect();
+                let p: Vec<String> = (1..=PARAMS).map(|c| format!("${}", r * PARAMS + c)).collect();
                 format!("({})", p.join(", "))
             })
             .collect();
@@ -211,10 +237,10 @@ mod tests {
     fn statements_number_their_parameters_in_order() {
         assert_eq!(
             insert_sql(1),
-            "INSERT INTO archive (owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "INSERT INTO archive (id, owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         );
         let four = insert_sql(4);
-        assert!(four.ends_with("($25, $26, $27, $28, $29, $30, $31, $32)"), "{four}");
+        assert!(four.ends_with("($28, $29, $30, $31, $32, $33, $34, $35, $36)"), "{four}");
         assert_eq!(insert_sql(64).matches('(').count(), 65);
     }
 }
@@ -225,39 +251,69 @@ mod store_tests {
     use crate::storage::archive::ArchiveFilter;
     use crate::storage::Storage;
 
-    fn row(owner: &str, sid: &str) -> NewArchived {
-        NewArchived {
+    fn row(owner: &'static str, sid: String) -> impl FnOnce(i64) -> NewArchived {
+        move |id| NewArchived {
+            id,
             owner: owner.into(),
-            stanza_id: sid.into(),
+            stanza_id: sid.clone(),
             peer: "peer@localhost".into(),
             peer_full: "peer@localhost/r".into(),
             outgoing: false,
-            ts: 1,
+            ts: id,
             origin_id: None,
             xml: format!("<message xmlns='jabber:client'><body>{sid}</body></message>"),
         }
     }
 
+    fn all(owner: &str) -> ArchiveFilter {
+        ArchiveFilter { owner: owner.into(), limit: 1000, ..Default::default() }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_rows_are_all_committed_and_a_bad_row_fails_alone() {
+    async fn concurrent_rows_are_all_committed_in_id_order_and_a_bad_row_fails_alone() {
         let dir = std::env::temp_dir().join(format!("starling-writer-{}-{}", std::process::id(), super::super::now_secs()));
         let url = format!("sqlite:{}", dir.join("t.db").display());
         let s = Storage::open(&url, 4).await.unwrap();
-        // 300 rows queued at once: more than one batch, several statement sizes.
-        let pending: Vec<PendingWrite> =
-            (0..300).map(|i| s.archive_writer.submit(row("a@localhost", &format!("id{i}"))).unwrap()).collect();
-        // In the same burst, one row repeats a stanza id (unique per owner): only it fails.
-        let dup = s.archive_writer.submit(row("a@localhost", "id7")).unwrap();
-        let after = s.archive_writer.submit(row("a@localhost", "last")).unwrap();
+        // A row the database refuses (as a constraint or a full disk would).
+        sqlx::raw_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON archive WHEN NEW.owner = 'bad@localhost' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&s.pool)
+        .await
+        .unwrap();
+        // 300 rows queued at once from two tasks: more than one batch, several statement sizes.
+        let (a, b) = (s.clone(), s.clone());
+        let one = tokio::spawn(async move {
+            (0..150).map(|i| a.archive_writer.submit(row("a@localhost", format!("x{i}"))).unwrap()).collect::<Vec<_>>()
+        });
+        let two = tokio::spawn(async move {
+            (0..150).map(|i| b.archive_writer.submit(row("a@localhost", format!("y{i}"))).unwrap()).collect::<Vec<_>>()
+        });
+        let mut pending = one.await.unwrap();
+        pending.extend(two.await.unwrap());
+        // In the same burst, the refused row: only it fails.
+        let bad = s.archive_writer.submit(row("bad@localhost", "bad".into())).unwrap();
+        let after = s.archive_writer.submit(row("a@localhost", "last".into())).unwrap();
         for p in pending {
             p.wait().await.unwrap();
         }
-        assert!(dup.wait().await.is_err(), "a duplicate stanza id must be refused");
+        assert!(bad.wait().await.is_err(), "the refused row must fail");
         after.wait().await.unwrap();
-        let rows = s.archive_query(&ArchiveFilter { owner: "a@localhost".into(), limit: 1000, ..Default::default() }).await.unwrap();
+        let rows = s.archive_query(&all("a@localhost")).await.unwrap();
         assert_eq!(rows.len(), 301);
-        assert_eq!(rows.first().map(|r| r.stanza_id.as_str()), Some("id0"), "archive order is submission order");
-        assert_eq!(rows.last().map(|r| r.stanza_id.as_str()), Some("last"));
+        assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+        assert_eq!(rows.last().map(|r| r.stanza_id.as_str()), Some("last"), "archive order is submission order");
+        let xs: Vec<&str> = rows.iter().map(|r| r.stanza_id.as_str()).filter(|x| x.starts_with('x')).collect();
+        assert_eq!(xs, (0..150).map(|i| format!("x{i}")).collect::<Vec<_>>(), "one task's rows keep their order");
+
+        // The clock goes on from the newest row even when the system clock is behind it.
+        let ahead = rows.last().unwrap().id + 3_600_000_000;
+        sqlx::query("UPDATE archive SET id = $1 WHERE stanza_id = 'last'").bind(ahead).execute(&s.pool).await.unwrap();
+        s.close().await;
+        let s = Storage::open(&url, 4).await.unwrap();
+        s.archive_writer.submit(row("a@localhost", "next".into())).unwrap().wait().await.unwrap();
+        let rows = s.archive_query(&all("a@localhost")).await.unwrap();
+        assert_eq!(rows.last().map(|r| (r.id, r.stanza_id.as_str())), Some((ahead + 1, "next")));
         s.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }

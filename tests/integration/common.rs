@@ -55,6 +55,12 @@ impl TestServer {
     }
 
     pub async fn start_with(db: Db, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        Self::start_after(db, tweak, async |_| {}).await
+    }
+
+    /// Start on a database `prepare` has filled first (given the database's URL), as an older
+    /// version would have left it.
+    pub async fn start_after(db: Db, tweak: impl FnOnce(&mut Config), prepare: impl AsyncFnOnce(&str)) -> TestServer {
         let dir = std::env::temp_dir().join(format!("starling-test-{}", rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let (url, pg_db) = match db {
@@ -77,6 +83,7 @@ impl TestServer {
         ))
         .unwrap();
         tweak(&mut config);
+        prepare(&url).await;
         let running = starling::server::start(config.clone()).await.expect("server starts");
         let storage = running.server.storage.clone();
         TestServer {

@@ -188,6 +188,13 @@ async fn archive_paging_filters_and_metadata(db: Db) {
     assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"));
     let (_, e) = mam(&mut b, "<field var='after-id'><value>nope</value></field>", "", "").await;
     assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"));
+    // An id from another account's archive, and one naming the right row with the wrong random
+    // part, name nothing here.
+    let (_, e) = mam(&mut b, "", &format!("<after>{}</after>", sent[0].0), "").await;
+    assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"));
+    let forged = format!("{}-AAAAAAAAAAAA", all[0].0.split_once('-').expect("row-random").0);
+    let (_, e) = mam(&mut b, "", &format!("<after>{forged}</after>"), "").await;
+    assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"));
     let (_, e) = mam(&mut b, "<field var='colour'><value>blue</value></field>", "", "").await;
     assert_eq!(error_condition(&e).as_deref(), Some("feature-not-implemented"));
     // Another account's archive is not readable.
@@ -294,26 +301,24 @@ crate::on_both!(
 
 mod retention {
     use super::*;
-    use starling::storage::archive::{ArchiveFilter, NewArchived};
+    use starling::storage::archive::ArchiveFilter;
 
     async fn old_messages_are_expired(db: Db) {
         let s = TestServer::start_with(db, |c| c.archive.retention_days = 1).await;
         let now = starling::modules::mam::now_micros();
+        // Rows of other days, as the archive's clock numbered them then (ids are its time).
         for (i, age_days) in [(0, 3i64), (1, 2), (2, 0)] {
-            let id = format!("r{i}");
-            s.storage
-                .archive_insert(NewArchived {
-                    owner: "alice@localhost".into(),
-                    stanza_id: id,
-                    peer: "bob@localhost".into(),
-                    peer_full: "bob@localhost/b".into(),
-                    outgoing: false,
-                    ts: now - age_days * 86_400_000_000,
-                    origin_id: None,
-                    xml: "<message xmlns='jabber:client'><body>x</body></message>".into(),
-                })
-                .await
-                .unwrap();
+            let id = now - age_days * 86_400_000_000 - 10 + i;
+            sqlx::query(
+                "INSERT INTO archive (id, owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml) \
+                 VALUES ($1, 'alice@localhost', $2, 'bob@localhost', 'bob@localhost/b', 0, $1, NULL, $3)",
+            )
+            .bind(id)
+            .bind(format!("r{i}"))
+            .bind("<message xmlns='jabber:client'><body>x</body></message>")
+            .execute(&s.storage.pool)
+            .await
+            .unwrap();
         }
         let server = s.running.as_ref().unwrap().server.clone();
         tokio::spawn(starling::modules::mam::retention_task(server));
@@ -331,4 +336,112 @@ mod retention {
     }
 
     crate::on_both!(old_messages_are_expired);
+}
+
+mod migration {
+    use super::*;
+    use starling::storage::archive::{stanza_id_for, ArchiveFilter, NewArchived};
+
+    const BASE: i64 = 1_700_000_000_000_000;
+    /// Alice's archive as migration 0002 left it: AUTOINCREMENT ids, 18-character stanza ids,
+    /// and a clock that went back once (the fourth message) and gave two messages one time.
+    const LEGACY: [(&str, i64); 5] = [
+        ("legacyAAAAAAAAAAA1", 1_000),
+        ("legacyAAAAAAAAAAA2", 2_000),
+        ("legacyAAAAAAAAAAA3", 2_000),
+        ("legacyAAAAAAAAAAA4", 1_500),
+        ("legacyAAAAAAAAAAA5", 3_000),
+    ];
+
+    async fn at_version_2(db: Db, url: &str) {
+        let url = if db == Db::Sqlite { format!("{url}?mode=rwc") } else { url.to_string() };
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let files = match db {
+            Db::Sqlite => [include_str!("../../schema/sqlite/0001_core.sql"), include_str!("../../schema/sqlite/0002_archive.sql")],
+            Db::Postgres => [include_str!("../../schema/postgres/0001_core.sql"), include_str!("../../schema/postgres/0002_archive.sql")],
+        };
+        sqlx::raw_sql("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for sql in files {
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        }
+        sqlx::raw_sql("INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0), (2, 0)").execute(&pool).await.unwrap();
+        for (i, (sid, ts)) in LEGACY.iter().enumerate() {
+            for (owner, peer, sid) in
+                [("alice@localhost", "bob@localhost", sid.to_string()), ("bob@localhost", "alice@localhost", format!("b{i}"))]
+            {
+                sqlx::query("INSERT INTO archive (owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml) VALUES ($1, $2, $3, $4, 0, $5, NULL, $6)")
+                    .bind(owner)
+                    .bind(sid)
+                    .bind(peer)
+                    .bind(format!("{peer}/r"))
+                    .bind(BASE + ts)
+                    .bind(format!("<message xmlns='jabber:client' type='chat'><body>old{i}</body></message>"))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+        }
+        pool.close().await;
+    }
+
+    async fn archive_ids_are_renumbered_and_old_stanza_ids_still_resolve(db: Db) {
+        let s = TestServer::start_after(db, |_| {}, async |url: &str| at_version_2(db, url).await).await;
+        s.add_user("alice", "pw").await;
+        let all = ArchiveFilter { owner: "alice@localhost".into(), limit: 100, ..Default::default() };
+        let rows = s.storage.archive_query(&all).await.unwrap();
+        let sids: Vec<&str> = rows.iter().map(|r| r.stanza_id.as_str()).collect();
+        assert_eq!(sids, LEGACY.iter().map(|(s, _)| *s).collect::<Vec<_>>(), "order kept");
+        assert!(rows.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+        assert!(rows.iter().all(|r| r.id >= r.ts), "an id is never earlier than its message");
+        assert_eq!((rows[0].id, rows[4].id), (BASE + 1_000, BASE + 3_000), "where the clock was sound, the id is the time");
+        assert_eq!(rows[3].ts, BASE + 1_500, "timestamps are kept as they were");
+        for r in &rows {
+            assert_eq!(s.storage.archive_row_id("alice@localhost", &r.stanza_id).await.unwrap(), Some(r.id));
+            assert_eq!(s.storage.archive_row_id("bob@localhost", &r.stanza_id).await.unwrap(), None, "stanza ids are per archive");
+        }
+        // Time filters are id ranges: after the clock went back, the archive's order wins.
+        let from = |start| ArchiveFilter { start: Some(start), ..all.clone() };
+        let later: Vec<String> = s.storage.archive_query(&from(BASE + 2_001)).await.unwrap().into_iter().map(|r| r.stanza_id).collect();
+        assert_eq!(later, vec![LEGACY[2].0, LEGACY[3].0, LEGACY[4].0]);
+
+        // New rows follow, with stanza ids that carry their row.
+        let mut sid = String::new();
+        s.storage
+            .archive_insert(|id| {
+                sid = stanza_id_for(id);
+                NewArchived {
+                    id,
+                    owner: "alice@localhost".into(),
+                    stanza_id: sid.clone(),
+                    peer: "bob@localhost".into(),
+                    peer_full: "bob@localhost/r".into(),
+                    outgoing: false,
+                    ts: id,
+                    origin_id: None,
+                    xml: "<message xmlns='jabber:client' type='chat'><body>new</body></message>".into(),
+                }
+            })
+            .await
+            .unwrap();
+        let new = s.storage.archive_row_id("alice@localhost", &sid).await.unwrap().expect("the new row resolves");
+        assert!(new > rows[4].id);
+
+        // Over XMPP: paging from an old id reaches the new message; the ids field takes both kinds.
+        let mut a = s.online("alice", "pw", "a").await;
+        let (page, fin) = mam(&mut a, "", &format!("<after>{}</after>", LEGACY[2].0), "").await;
+        assert_eq!(bodies(&page), vec!["old3", "old4", "new"]);
+        assert_eq!(page[2].0, sid);
+        assert_eq!(fin.get_attr("complete"), Some("true"));
+        let (page, _) = mam(&mut a, &format!("<field var='ids'><value>{}</value><value>{sid}</value></field>", LEGACY[1].0), "", "").await;
+        assert_eq!(bodies(&page), vec!["old1", "new"]);
+        let (page, _) = mam(&mut a, &format!("<field var='before-id'><value>{sid}</value></field>"), "<max>2</max><before/>", "").await;
+        assert_eq!(bodies(&page), vec!["old3", "old4"]);
+        s.stop().await;
+    }
+
+    crate::on_both!(archive_ids_are_renumbered_and_old_stanza_ids_still_resolve);
 }
