@@ -17,6 +17,8 @@ use sqlx::{AnyPool, Executor, Row};
 pub enum StorageError {
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
     Invalid(String),
 }
@@ -41,6 +43,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../schema/postgres/0003_archive_ids.sql")),
 ];
 
+/// Every SQLite connection's settings. WAL: readers never wait for the writer; NORMAL sync is
+/// durable against a crash of the process. busy_timeout: writers queue instead of failing.
+pub(crate) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; \
+    PRAGMA mmap_size=268435456; PRAGMA cache_size=-16384;";
+
 #[derive(Clone)]
 pub struct Storage {
     pub pool: AnyPool,
@@ -53,8 +60,10 @@ impl Storage {
     /// Connect (creating the SQLite file and its directory if needed) and migrate.
     pub async fn open(url: &str, max_connections: u32) -> Result<Storage> {
         sqlx::any::install_default_drivers();
+        let mut sqlite_file = None;
         let (backend, url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
             let file = path.split('?').next().unwrap_or(path);
+            sqlite_file = Some(std::path::PathBuf::from(file));
             if let Some(dir) = std::path::Path::new(file).parent() {
                 if !dir.as_os_str().is_empty() {
                     std::fs::create_dir_all(dir).map_err(|e| StorageError::Invalid(format!("{}: {e}", dir.display())))?;
@@ -71,9 +80,7 @@ impl Storage {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL: readers never wait for the writer; NORMAL sync is durable against
-                        // a crash of the process. busy_timeout: writers queue instead of failing.
-                        conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA mmap_size=268435456; PRAGMA cache_size=-16384;").await?;
+                        conn.execute(SQLITE_PRAGMAS).await?;
                     }
                     Ok(())
                 })
@@ -81,9 +88,11 @@ impl Storage {
             .connect(&url)
             .await?;
         migrate(&pool, backend).await?;
-        // The writer's connection leaves the pool (which opens another in its place).
-        let checkpoints = (backend == Backend::Sqlite).then(|| pool.clone());
-        let archive_writer = writer::ArchiveWriter::start(pool.acquire().await?.detach(), checkpoints).await?;
+        let archive_writer = match sqlite_file {
+            Some(file) => writer::ArchiveWriter::start_sqlite(&file, pool.clone()).await?,
+            // The writer's connection leaves the pool (which opens another in its place).
+            None => writer::ArchiveWriter::start_task(pool.acquire().await?.detach()).await?,
+        };
         Ok(Storage { pool, backend, archive_writer })
     }
 

@@ -2,32 +2,39 @@
 //!
 //! Every one-to-one message is archived twice (for the sender and for the recipient), and a
 //! caller only goes on once its row is durable. Written one by one, each row is its own
-//! transaction: on SQLite a WAL append of every page it touched (the table and four indexes),
-//! on PostgreSQL a round trip and a commit. Instead, one task owns one connection and writes
-//! whatever rows are waiting when it gets to them in one transaction, then answers every
-//! caller. Under load the rows of many messages share a commit; at low rates a row waits for no
-//! timer. The connection is kept for the writer alone, so on SQLite its page cache stays warm
-//! (another connection's write would invalidate it), and WAL checkpoints run beside it.
+//! transaction: on SQLite a WAL append of every page it touched, on PostgreSQL a round trip and
+//! a commit. Instead, one writer owns one connection and writes whatever rows are waiting when
+//! it gets to them in one transaction, then answers every caller. Under load the rows of many
+//! messages share a commit; at low rates a row waits for no timer. The connection is kept for
+//! the writer alone, so on SQLite its page cache stays warm (another connection's write would
+//! invalidate it), and WAL checkpoints run beside it.
+//!
+//! On SQLite the writer is a thread of its own holding a rusqlite connection: a commit is a
+//! function call, where through sqlx it was a hand-off to sqlx's worker thread and back (two
+//! thread wake-ups per commit). On PostgreSQL it is a task on one sqlx connection.
 //!
 //! The writer also keeps the archive's clock: each row's id is max(now in microseconds,
 //! previous id + 1), given under the same lock that queues the row, so rows reach the database
 //! in id order and a reader never sees a row before one with a smaller id that is still to
 //! come. (Several processes sharing one database would each need their own id space.)
 
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use sqlx::{AnyConnection, AnyPool, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use super::archive::NewArchived;
 use super::{Result, StorageError};
 
 enum Job {
-    Insert(NewArchived, oneshot::Sender<Result<()>>),
+    Insert(Vec<Waiting>),
     Close(oneshot::Sender<()>),
 }
+
+type Waiting = (NewArchived, oneshot::Sender<Result<()>>);
 
 /// Rows per transaction at most.
 const MAX_BATCH: usize = 256;
@@ -38,57 +45,101 @@ const CHUNKS: [usize; 5] = [64, 16, 4, 2, 1];
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(2000);
 const COLUMNS: &str = "id, owner, stanza_id, peer, peer_full, outgoing, ts, origin_id, xml";
 const PARAMS: usize = 9;
+const NEWEST: &str = "SELECT COALESCE(MAX(id), 0) FROM archive";
 
 #[derive(Clone)]
 pub struct ArchiveWriter {
     queue: Arc<Mutex<Queue>>,
 }
 
-/// The last id given, and the writer's queue: one lock, so ids are queued in order.
+/// The last id given, the rows queued since the writer was last told, and the writer's
+/// channel: one lock, so rows reach the writer in id order.
 struct Queue {
     last: i64,
+    rows: Vec<Waiting>,
     tx: mpsc::UnboundedSender<Job>,
 }
 
 impl Queue {
+    fn new(last: i64, tx: mpsc::UnboundedSender<Job>) -> Arc<Mutex<Queue>> {
+        Arc::new(Mutex::new(Queue { last, rows: Vec::new(), tx }))
+    }
+
     fn next_id(&mut self) -> i64 {
         self.last = super::now_micros().max(self.last + 1);
         self.last
     }
+
+    /// Hand the queued rows to the writer.
+    fn flush(&mut self) {
+        if !self.rows.is_empty() {
+            let rows = std::mem::take(&mut self.rows);
+            if let Err(mpsc::error::SendError(Job::Insert(rows))) = self.tx.send(Job::Insert(rows)) {
+                for (_, done) in rows {
+                    let _ = done.send(Err(closed()));
+                }
+            }
+        }
+    }
 }
 
 impl ArchiveWriter {
-    /// Start the writer task on its own connection. On SQLite, `checkpoints` is the pool a
-    /// background task uses to checkpoint the WAL: the writer itself never does (a checkpoint
-    /// in the writer would hold up every queued message for its duration).
-    pub async fn start(mut conn: AnyConnection, checkpoints: Option<AnyPool>) -> Result<ArchiveWriter> {
+    /// Start the writer thread on its own connection to the SQLite database at `file`.
+    /// `checkpoints` is the pool a background task uses to checkpoint the WAL: the writer
+    /// itself never does (a checkpoint in the writer would hold up every queued message for
+    /// its duration).
+    pub async fn start_sqlite(file: &Path, checkpoints: AnyPool) -> Result<ArchiveWriter> {
+        let conn = rusqlite::Connection::open(file)?;
+        // As the pool's connections, and no automatic checkpoint.
+        conn.execute_batch(super::SQLITE_PRAGMAS)?;
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
         // The clock goes on from the newest row, whatever the system clock did meanwhile.
-        let last: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM archive").fetch_one(&mut conn).await?;
+        let last: i64 = conn.query_row(NEWEST, [], |r| r.get(0))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (stop, stopped) = oneshot::channel();
         let written = Arc::new(AtomicU64::new(0));
-        if let Some(pool) = checkpoints {
-            conn.execute("PRAGMA wal_autocheckpoint=0").await?;
-            tokio::spawn(checkpointer(pool, written.clone(), stopped));
-        }
-        tokio::spawn(run(conn, rx, written, stop));
-        Ok(ArchiveWriter { queue: Arc::new(Mutex::new(Queue { last, tx })) })
+        tokio::spawn(checkpointer(checkpoints, written.clone(), stopped));
+        std::thread::Builder::new()
+            .name("archive-writer".into())
+            .spawn(move || run_sqlite(conn, rx, written, stop))
+            .map_err(|e| StorageError::Invalid(format!("archive writer thread: {e}")))?;
+        Ok(ArchiveWriter { queue: Queue::new(last, tx) })
+    }
+
+    /// Start the writer task on its own connection (PostgreSQL).
+    pub async fn start_task(mut conn: AnyConnection) -> Result<ArchiveWriter> {
+        let last: i64 = sqlx::query_scalar(NEWEST).fetch_one(&mut conn).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run_task(conn, rx));
+        Ok(ArchiveWriter { queue: Queue::new(last, tx) })
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queue one row, made by `row` from the id it gets (keep it short: it runs under the
-    /// queue's lock); the returned handle resolves once the row is committed.
+    /// queue's lock). The writer is told when a handle is waited for or dropped, so the rows
+    /// queued meanwhile (the recipient's copy of a message after the sender's) share a commit.
     pub fn submit(&self, row: impl FnOnce(i64) -> NewArchived) -> Result<PendingWrite> {
         let (done, wait) = oneshot::channel();
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut q = self.queue();
+        if q.tx.is_closed() {
+            return Err(closed());
+        }
         let id = q.next_id();
-        q.tx.send(Job::Insert(NewArchived { id, ..row(id) }, done)).map_err(|_| closed())?;
-        Ok(PendingWrite(wait))
+        q.rows.push((NewArchived { id, ..row(id) }, done));
+        Ok(PendingWrite { wait, writer: self.clone() })
     }
 
     /// Finish what is queued and close the connection.
     pub async fn close(&self) {
         let (done, wait) = oneshot::channel();
-        let sent = self.queue.lock().unwrap_or_else(|e| e.into_inner()).tx.send(Job::Close(done)).is_ok();
+        let sent = {
+            let mut q = self.queue();
+            q.flush();
+            q.tx.send(Job::Close(done)).is_ok()
+        };
         if sent {
             let _ = wait.await;
         }
@@ -96,13 +147,24 @@ impl ArchiveWriter {
 }
 
 /// A queued row. A caller that has more to do (route the message, queue the recipient's
-/// copy) submits, goes on, and waits at the end: both copies of a message then usually share
-/// one commit.
-pub struct PendingWrite(oneshot::Receiver<Result<()>>);
+/// copy) submits, goes on, and waits at the end: both copies of a message then share one
+/// commit. Dropped without waiting, the row is still written.
+pub struct PendingWrite {
+    wait: oneshot::Receiver<Result<()>>,
+    writer: ArchiveWriter,
+}
 
 impl PendingWrite {
-    pub async fn wait(self) -> Result<()> {
-        self.0.await.map_err(|_| closed())?
+    /// Resolves once the row is committed.
+    pub async fn wait(mut self) -> Result<()> {
+        self.writer.queue().flush();
+        (&mut self.wait).await.map_err(|_| closed())?
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        self.writer.queue().flush();
     }
 }
 
@@ -131,43 +193,88 @@ async fn checkpointer(pool: AnyPool, written: Arc<AtomicU64>, mut stopped: onesh
     }
 }
 
-async fn run(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>, written: Arc<AtomicU64>, _stop: oneshot::Sender<()>) {
-    let mut batch: Vec<(NewArchived, oneshot::Sender<Result<()>>)> = Vec::new();
-    let mut closing = None;
-    while let Some(job) = rx.recv().await {
-        let mut next = Some(job);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Insert(row, done) => batch.push((row, done)),
-                Job::Close(done) => {
-                    closing = Some(done);
-                    break;
-                }
-            }
-            if batch.len() < MAX_BATCH {
-                next = rx.try_recv().ok();
-            }
+/// Move `first` and whatever else is queued (up to about a batch) into `batch`; a close
+/// request ends the batch and is returned.
+fn collect(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>, batch: &mut Vec<Waiting>) -> Option<oneshot::Sender<()>> {
+    let mut next = Some(first);
+    while let Some(job) = next.take() {
+        match job {
+            Job::Insert(rows) => batch.extend(rows),
+            Job::Close(done) => return Some(done),
         }
+        if batch.len() < MAX_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    None
+}
+
+fn batch_failed(e: &StorageError, rows: usize) {
+    // One bad row must not fail the others: each is then written alone and answered alone.
+    tracing::warn!(error = %e, rows, "archive batch failed; writing its rows one by one");
+}
+
+fn run_sqlite(mut conn: rusqlite::Connection, mut rx: mpsc::UnboundedReceiver<Job>, written: Arc<AtomicU64>, _stop: oneshot::Sender<()>) {
+    let mut batch = Vec::new();
+    while let Some(job) = rx.blocking_recv() {
+        let closing = collect(job, &mut rx, &mut batch);
         if !batch.is_empty() {
             let rows: Vec<&NewArchived> = batch.iter().map(|(r, _)| r).collect();
-            match write(&mut conn, &rows).await {
-                Ok(()) => {
-                    for (_, done) in batch.drain(..) {
-                        let _ = done.send(Ok(()));
-                    }
+            if let Err(e) = write_sqlite(&mut conn, &rows) {
+                batch_failed(&e, batch.len());
+                for (row, done) in batch.drain(..) {
+                    let _ = done.send(write_sqlite(&mut conn, &[&row]));
                 }
-                Err(e) => {
-                    // One bad row must not fail the others: write each alone, answer each.
-                    tracing::warn!(error = %e, rows = batch.len(), "archive batch failed; writing its rows one by one");
-                    for (row, done) in batch.drain(..) {
-                        let _ = done.send(write(&mut conn, &[&row]).await);
-                    }
-                }
+            }
+            for (_, done) in batch.drain(..) {
+                let _ = done.send(Ok(()));
             }
             // Something may have been written either way: the checkpointer looks at this.
             written.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(done) = closing.take() {
+        if let Some(done) = closing {
+            drop(conn);
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+/// All rows in one transaction, in statements of `CHUNKS` rows, each prepared once.
+fn write_sqlite(conn: &mut rusqlite::Connection, rows: &[&NewArchived]) -> Result<()> {
+    let tx = conn.transaction()?;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let n = CHUNKS.iter().copied().find(|c| *c <= rest.len()).unwrap_or(1);
+        let (chunk, tail) = rest.split_at(n);
+        let mut st = tx.prepare_cached(insert_sql(n))?;
+        let values = chunk.iter().flat_map(|r| -> [&dyn rusqlite::ToSql; PARAMS] {
+            [&r.id, &r.owner, &r.stanza_id, &r.peer, &r.peer_full, &r.outgoing, &r.ts, &r.origin_id, &r.xml]
+        });
+        st.execute(rusqlite::params_from_iter(values))?;
+        rest = tail;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+async fn run_task(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut batch = Vec::new();
+    while let Some(job) = rx.recv().await {
+        let closing = collect(job, &mut rx, &mut batch);
+        if !batch.is_empty() {
+            let rows: Vec<&NewArchived> = batch.iter().map(|(r, _)| r).collect();
+            if let Err(e) = write(&mut conn, &rows).await {
+                batch_failed(&e, batch.len());
+                for (row, done) in batch.drain(..) {
+                    let _ = done.send(write(&mut conn, &[&row]).await);
+                }
+            }
+            for (_, done) in batch.drain(..) {
+                let _ = done.send(Ok(()));
+            }
+        }
+        if let Some(done) = closing {
             let _ = conn.close().await;
             let _ = done.send(());
             return;
@@ -306,9 +413,21 @@ mod store_tests {
         let xs: Vec<&str> = rows.iter().map(|r| r.stanza_id.as_str()).filter(|x| x.starts_with('x')).collect();
         assert_eq!(xs, (0..150).map(|i| format!("x{i}")).collect::<Vec<_>>(), "one task's rows keep their order");
 
+        // A row whose handle is dropped unwaited is written all the same.
+        drop(s.archive_writer.submit(row("a@localhost", "dropped".into())).unwrap());
+        let mut rows = Vec::new();
+        for _ in 0..100 {
+            rows = s.archive_query(&all("a@localhost")).await.unwrap();
+            if rows.len() == 302 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(rows.last().map(|r| r.stanza_id.as_str()), Some("dropped"));
+
         // The clock goes on from the newest row even when the system clock is behind it.
         let ahead = rows.last().unwrap().id + 3_600_000_000;
-        sqlx::query("UPDATE archive SET id = $1 WHERE stanza_id = 'last'").bind(ahead).execute(&s.pool).await.unwrap();
+        sqlx::query("UPDATE archive SET id = $1 WHERE stanza_id = 'dropped'").bind(ahead).execute(&s.pool).await.unwrap();
         s.close().await;
         let s = Storage::open(&url, 4).await.unwrap();
         s.archive_writer.submit(row("a@localhost", "next".into())).unwrap().wait().await.unwrap();

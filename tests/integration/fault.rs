@@ -193,15 +193,21 @@ async fn burst_with_sigkills_loses_nothing_and_duplicates_nothing() {
     let rec = Arc::new(Mutex::new(Received::default()));
     let started = Instant::now();
 
-    // The killer: SIGKILL at random moments while the burst runs, then restart.
+    // The killer: SIGKILL at random moments while the burst runs, then restart. Kill k comes
+    // at a random point of the k-th of KILLS equal stretches of the burst (by messages sent), so
+    // every kill lands inside the burst however fast the server gets.
     let killer = {
         let proc = proc.clone();
         let kills_done = kills_done.clone();
         let sender_done = sender_done.clone();
+        let sent = sent.clone();
         tokio::spawn(async move {
-            for _ in 0..KILLS {
-                let wait = rand::thread_rng().gen_range(500..2500);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
+            let stretch = total_n / (KILLS + 1);
+            for k in 0..KILLS {
+                let at = stretch * (k + 1) + rand::thread_rng().gen_range(0..stretch.max(2) / 2);
+                while sent.load(Ordering::SeqCst) < at && !sender_done.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 if sender_done.load(Ordering::SeqCst) {
                     break;
                 }
