@@ -3,20 +3,25 @@
 //! Every one-to-one message is archived twice (for the sender and for the recipient), and a
 //! caller only goes on once its row is durable. Written one by one, each row is its own
 //! transaction: on SQLite a WAL append of every page it touched, on PostgreSQL a round trip and
-//! a commit. Instead, one writer owns one connection and writes whatever rows are waiting when
-//! it gets to them in one transaction, then answers every caller. Under load the rows of many
-//! messages share a commit; at low rates a row waits for no timer. The connection is kept for
-//! the writer alone, so on SQLite its page cache stays warm (another connection's write would
-//! invalidate it), and WAL checkpoints run beside it.
+//! a commit. Instead, rows are queued and written together when one is waited for: the
+//! recipient's copy of a message, queued after the sender's, shares its commit, and under load
+//! the rows of many messages do. At low rates a row waits for no timer. One connection is kept
+//! for these writes alone, so on SQLite its page cache stays warm (another connection's write
+//! would invalidate it), and WAL checkpoints run beside it.
 //!
-//! On SQLite the writer is a thread of its own holding a rusqlite connection: a commit is a
-//! function call, where through sqlx it was a hand-off to sqlx's worker thread and back (two
-//! thread wake-ups per commit). On PostgreSQL it is a task on one sqlx connection.
+//! On SQLite (a rusqlite connection) the caller that waits writes the queued rows itself, on
+//! its own thread, when no one else is writing: a commit of a message's two rows is a few dozen
+//! microseconds of SQLite work, and handing it to another thread and back cost more than that
+//! in wake-ups. A caller that finds the connection in use leaves its rows to the holder, who
+//! writes what is queued before letting go. The writer thread takes what a caller cannot finish
+//! quickly (more than a few rounds for others, the database locked by another connection, a row
+//! refused): it waits out locks and retries row by row. On PostgreSQL a task on one sqlx
+//! connection writes every batch.
 //!
 //! The writer also keeps the archive's clock: each row's id is max(now in microseconds,
-//! previous id + 1), given under the same lock that queues the row, so rows reach the database
-//! in id order and a reader never sees a row before one with a smaller id that is still to
-//! come. (Several processes sharing one database would each need their own id space.)
+//! previous id + 1), given under the same lock that queues the row, and rows reach the database
+//! in id order, so a reader never sees a row before one with a smaller id that is still to come.
+//! (Several processes sharing one database would each need their own id space.)
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +43,8 @@ type Waiting = (NewArchived, oneshot::Sender<Result<()>>);
 
 /// Rows per transaction at most.
 const MAX_BATCH: usize = 256;
+/// Commits a caller makes for others before it hands what is left to the writer thread.
+const LEADER_ROUNDS: usize = 4;
 /// Rows per INSERT statement: a batch is cut into these sizes, so only a handful of distinct
 /// statements are ever prepared.
 const CHUNKS: [usize; 5] = [64, 16, 4, 2, 1];
@@ -50,19 +57,27 @@ const NEWEST: &str = "SELECT COALESCE(MAX(id), 0) FROM archive";
 #[derive(Clone)]
 pub struct ArchiveWriter {
     queue: Arc<Mutex<Queue>>,
+    /// SQLite: the writer's connection, used by whoever writes (see `write_now`); `None` once
+    /// closed.
+    conn: Option<Arc<Mutex<Option<rusqlite::Connection>>>>,
+    /// Bumped after writes, for the checkpointer.
+    written: Arc<AtomicU64>,
 }
 
-/// The last id given, the rows queued since the writer was last told, and the writer's
-/// channel: one lock, so rows reach the writer in id order.
+/// The last id given, the rows queued and not yet being written, and the writer's channel:
+/// one lock, so rows reach the database in id order.
 struct Queue {
     last: i64,
     rows: Vec<Waiting>,
+    /// Rows sent to the writer thread and not yet written. While there are any, rows go the
+    /// same way (behind them), never straight to the database.
+    handed: usize,
     tx: mpsc::UnboundedSender<Job>,
 }
 
 impl Queue {
     fn new(last: i64, tx: mpsc::UnboundedSender<Job>) -> Arc<Mutex<Queue>> {
-        Arc::new(Mutex::new(Queue { last, rows: Vec::new(), tx }))
+        Arc::new(Mutex::new(Queue { last, rows: Vec::new(), handed: 0, tx }))
     }
 
     fn next_id(&mut self) -> i64 {
@@ -70,10 +85,11 @@ impl Queue {
         self.last
     }
 
-    /// Hand the queued rows to the writer.
+    /// Hand the queued rows to the writer thread or task.
     fn flush(&mut self) {
         if !self.rows.is_empty() {
             let rows = std::mem::take(&mut self.rows);
+            self.handed += rows.len();
             if let Err(mpsc::error::SendError(Job::Insert(rows))) = self.tx.send(Job::Insert(rows)) {
                 for (_, done) in rows {
                     let _ = done.send(Err(closed()));
@@ -99,19 +115,22 @@ impl ArchiveWriter {
         let (stop, stopped) = oneshot::channel();
         let written = Arc::new(AtomicU64::new(0));
         tokio::spawn(checkpointer(checkpoints, written.clone(), stopped));
+        let writer = ArchiveWriter { queue: Queue::new(last, tx), conn: Some(Arc::new(Mutex::new(Some(conn)))), written };
+        let thread = writer.clone();
         std::thread::Builder::new()
             .name("archive-writer".into())
-            .spawn(move || run_sqlite(conn, rx, written, stop))
+            .spawn(move || run_sqlite(thread, rx, stop))
             .map_err(|e| StorageError::Invalid(format!("archive writer thread: {e}")))?;
-        Ok(ArchiveWriter { queue: Queue::new(last, tx) })
+        Ok(writer)
     }
 
     /// Start the writer task on its own connection (PostgreSQL).
     pub async fn start_task(mut conn: AnyConnection) -> Result<ArchiveWriter> {
         let last: i64 = sqlx::query_scalar(NEWEST).fetch_one(&mut conn).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_task(conn, rx));
-        Ok(ArchiveWriter { queue: Queue::new(last, tx) })
+        let writer = ArchiveWriter { queue: Queue::new(last, tx), conn: None, written: Arc::default() };
+        tokio::spawn(run_task(conn, rx, writer.clone()));
+        Ok(writer)
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -130,6 +149,56 @@ impl ArchiveWriter {
         let id = q.next_id();
         q.rows.push((NewArchived { id, ..row(id) }, done));
         Ok(PendingWrite { wait, writer: self.clone() })
+    }
+
+    /// The queued rows are wanted now. On SQLite, when nothing is ahead of them at the writer
+    /// thread and no one else is writing, the caller writes them itself, on its own thread: a
+    /// commit of a message's two rows is a few dozen microseconds of SQLite work, and a
+    /// hand-off to another thread and back cost as much again in wake-ups. Whoever holds the
+    /// connection writes what is queued before letting it go, so a caller that finds it busy
+    /// just leaves its rows; after a few rounds, or if the database is busy or refuses a row,
+    /// the rest goes to the writer thread (which waits out locks and retries row by row).
+    /// On PostgreSQL the rows go to the writer task.
+    fn write_now(&self) {
+        let mut q = self.queue();
+        if q.rows.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conn.as_ref().filter(|_| q.handed == 0) else {
+            return q.flush();
+        };
+        let Ok(mut conn) = conn.try_lock() else {
+            return; // its holder writes these before letting go
+        };
+        let Some(db) = conn.as_mut() else {
+            return q.flush(); // closed: the writer thread answers
+        };
+        let _ = db.busy_timeout(Duration::ZERO);
+        for _ in 0..LEADER_ROUNDS {
+            let rows = std::mem::take(&mut q.rows);
+            drop(q);
+            let refs: Vec<&NewArchived> = rows.iter().map(|(r, _)| r).collect();
+            let result = write_sqlite(db, &refs);
+            drop(refs);
+            self.written.fetch_add(1, Ordering::Relaxed);
+            q = self.queue();
+            if result.is_err() {
+                // Locked by another connection, or a row refused: the thread takes these first.
+                let later = std::mem::replace(&mut q.rows, rows);
+                q.flush();
+                q.rows = later;
+                break;
+            }
+            for (_, done) in rows {
+                let _ = done.send(Ok(()));
+            }
+            if q.rows.is_empty() {
+                drop(conn);
+                return;
+            }
+        }
+        q.flush();
+        drop(conn);
     }
 
     /// Finish what is queued and close the connection.
@@ -157,14 +226,14 @@ pub struct PendingWrite {
 impl PendingWrite {
     /// Resolves once the row is committed.
     pub async fn wait(mut self) -> Result<()> {
-        self.writer.queue().flush();
+        self.writer.write_now();
         (&mut self.wait).await.map_err(|_| closed())?
     }
 }
 
 impl Drop for PendingWrite {
     fn drop(&mut self) {
-        self.writer.queue().flush();
+        self.writer.write_now();
     }
 }
 
@@ -214,26 +283,50 @@ fn batch_failed(e: &StorageError, rows: usize) {
     tracing::warn!(error = %e, rows, "archive batch failed; writing its rows one by one");
 }
 
-fn run_sqlite(mut conn: rusqlite::Connection, mut rx: mpsc::UnboundedReceiver<Job>, written: Arc<AtomicU64>, _stop: oneshot::Sender<()>) {
+fn run_sqlite(writer: ArchiveWriter, mut rx: mpsc::UnboundedReceiver<Job>, _stop: oneshot::Sender<()>) {
+    let Some(shared) = writer.conn.clone() else { return };
     let mut batch = Vec::new();
     while let Some(job) = rx.blocking_recv() {
         let closing = collect(job, &mut rx, &mut batch);
-        if !batch.is_empty() {
-            let rows: Vec<&NewArchived> = batch.iter().map(|(r, _)| r).collect();
-            if let Err(e) = write_sqlite(&mut conn, &rows) {
-                batch_failed(&e, batch.len());
-                for (row, done) in batch.drain(..) {
-                    let _ = done.send(write_sqlite(&mut conn, &[&row]));
+        let mut conn = shared.lock().unwrap_or_else(|e| e.into_inner());
+        // Rows of `batch` that came through the channel (counted in `handed`).
+        let mut counted = batch.len();
+        loop {
+            match conn.as_mut() {
+                Some(db) if !batch.is_empty() => {
+                    let _ = db.busy_timeout(Duration::from_secs(10));
+                    let rows: Vec<&NewArchived> = batch.iter().map(|(r, _)| r).collect();
+                    if let Err(e) = write_sqlite(db, &rows) {
+                        batch_failed(&e, batch.len());
+                        for (row, done) in batch.drain(..) {
+                            let _ = done.send(write_sqlite(db, &[&row]));
+                        }
+                    }
+                    for (_, done) in batch.drain(..) {
+                        let _ = done.send(Ok(()));
+                    }
+                    writer.written.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    for (_, done) in batch.drain(..) {
+                        let _ = done.send(Err(closed()));
+                    }
                 }
             }
-            for (_, done) in batch.drain(..) {
-                let _ = done.send(Ok(()));
+            // Before letting the connection go, write what callers left queued meanwhile,
+            // unless more is on its way through the channel (it is older: it goes first).
+            let mut q = writer.queue();
+            q.handed -= counted.min(q.handed);
+            if q.handed == 0 && !q.rows.is_empty() && closing.is_none() {
+                batch = std::mem::take(&mut q.rows);
+                counted = 0;
+                continue;
             }
-            // Something may have been written either way: the checkpointer looks at this.
-            written.fetch_add(1, Ordering::Relaxed);
+            drop(conn);
+            break;
         }
         if let Some(done) = closing {
-            drop(conn);
+            *shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
             let _ = done.send(());
             return;
         }
@@ -258,11 +351,15 @@ fn write_sqlite(conn: &mut rusqlite::Connection, rows: &[&NewArchived]) -> Resul
     Ok(())
 }
 
-async fn run_task(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn run_task(mut conn: AnyConnection, mut rx: mpsc::UnboundedReceiver<Job>, writer: ArchiveWriter) {
     let mut batch = Vec::new();
     while let Some(job) = rx.recv().await {
         let closing = collect(job, &mut rx, &mut batch);
         if !batch.is_empty() {
+            {
+                let mut q = writer.queue();
+                q.handed -= batch.len().min(q.handed);
+            }
             let rows: Vec<&NewArchived> = batch.iter().map(|(r, _)| r).collect();
             if let Err(e) = write(&mut conn, &rows).await {
                 batch_failed(&e, batch.len());
@@ -433,6 +530,40 @@ mod store_tests {
         s.archive_writer.submit(row("a@localhost", "next".into())).unwrap().wait().await.unwrap();
         let rows = s.archive_query(&all("a@localhost")).await.unwrap();
         assert_eq!(rows.last().map(|r| (r.id, r.stanza_id.as_str())), Some((ahead + 1, "next")));
+        s.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_wait_out_another_connections_write_lock_and_keep_their_order() {
+        use sqlx::Acquire;
+        let dir = std::env::temp_dir().join(format!("starling-writer-busy-{}-{}", std::process::id(), super::super::now_secs()));
+        let url = format!("sqlite:{}", dir.join("t.db").display());
+        let s = Storage::open(&url, 4).await.unwrap();
+        // Another connection holds the write lock (as a roster or offline write would).
+        let mut other = s.pool.acquire().await.unwrap();
+        let mut tx = other.begin().await.unwrap();
+        sqlx::query("INSERT INTO archive_prefs (owner, default_mode) VALUES ('x@localhost', 'always')").execute(&mut *tx).await.unwrap();
+        // The first row cannot be written by its caller: it goes to the writer thread, which
+        // waits for the lock; the second goes behind it.
+        let first = s.archive_writer.submit(row("a@localhost", "first".into())).unwrap();
+        let first = tokio::spawn(first.wait());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = s.archive_writer.submit(row("a@localhost", "second".into())).unwrap();
+        let second = tokio::spawn(second.wait());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!first.is_finished() && !second.is_finished(), "nothing is written while the lock is held");
+        tx.commit().await.unwrap();
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        let rows = s.archive_query(&all("a@localhost")).await.unwrap();
+        let sids: Vec<&str> = rows.iter().map(|r| r.stanza_id.as_str()).collect();
+        assert_eq!(sids, ["first", "second"]);
+        assert!(rows[0].id < rows[1].id);
+        // With the lock gone, a caller writes its row itself again.
+        s.archive_writer.submit(row("a@localhost", "third".into())).unwrap().wait().await.unwrap();
+        assert_eq!(s.archive_writer.queue().handed, 0);
+        drop(other);
         s.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }
