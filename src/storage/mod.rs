@@ -45,8 +45,9 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
 
 /// Every SQLite connection's settings. WAL: readers never wait for the writer; NORMAL sync is
 /// durable against a crash of the process. busy_timeout: writers queue instead of failing.
+/// journal_size_limit: a WAL file that grew in a burst is cut back to 64 MiB when it starts over.
 pub(crate) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; \
-    PRAGMA mmap_size=268435456; PRAGMA cache_size=-16384;";
+    PRAGMA mmap_size=268435456; PRAGMA cache_size=-16384; PRAGMA journal_size_limit=67108864;";
 
 #[derive(Clone)]
 pub struct Storage {
