@@ -382,21 +382,32 @@ fn run_sqlite(writer: ArchiveWriter, mut rx: mpsc::UnboundedReceiver<Job>, _stop
     }
 }
 
-/// All rows in one transaction, in statements of `CHUNKS` rows, each prepared once.
+/// All rows in one transaction, in statements of `CHUNKS` rows, each prepared once. A batch
+/// that fits one statement (the two copies of a message) is that statement alone, atomic by
+/// itself, without BEGIN and COMMIT.
 fn write_sqlite(conn: &mut rusqlite::Connection, rows: &[&NewArchived]) -> Result<()> {
+    if CHUNKS.contains(&rows.len()) {
+        return insert_sqlite(conn, rows);
+    }
     let tx = conn.transaction()?;
     let mut rest = rows;
     while !rest.is_empty() {
         let n = CHUNKS.iter().copied().find(|c| *c <= rest.len()).unwrap_or(1);
         let (chunk, tail) = rest.split_at(n);
-        let mut st = tx.prepare_cached(insert_sql(n))?;
-        let values = chunk.iter().flat_map(|r| -> [&dyn rusqlite::ToSql; PARAMS] {
-            [&r.id, &r.owner, &r.stanza_id, &r.peer, &r.peer_full, &r.outgoing, &r.ts, &r.origin_id, &r.xml]
-        });
-        st.execute(rusqlite::params_from_iter(values))?;
+        insert_sqlite(&tx, chunk)?;
         rest = tail;
     }
     tx.commit()?;
+    Ok(())
+}
+
+/// One INSERT of `rows` (a length from `CHUNKS`).
+fn insert_sqlite(conn: &rusqlite::Connection, rows: &[&NewArchived]) -> Result<()> {
+    let mut st = conn.prepare_cached(insert_sql(rows.len()))?;
+    let values = rows.iter().flat_map(|r| -> [&dyn rusqlite::ToSql; PARAMS] {
+        [&r.id, &r.owner, &r.stanza_id, &r.peer, &r.peer_full, &r.outgoing, &r.ts, &r.origin_id, &r.xml]
+    });
+    st.execute(rusqlite::params_from_iter(values))?;
     Ok(())
 }
 
