@@ -18,7 +18,8 @@
 //! features are `modules`, each declaring its specifications, disco features and IQ handlers as
 //! data (`modules::MODULES`). Errors become wire errors only in `error.rs`. The routing table
 //! is documented on [`router`]. Archive rows go through one writer with group commit
-//! (`storage::writer`): the two copies of a message usually share one transaction.
+//! (`storage::writer`): the two copies of a message share one transaction, which on SQLite the
+//! waiting caller commits itself when no one else is writing; row ids are the archive's clock.
 //!
 //! Memory per connection is kept small on purpose: one task per bound session (its pending
 //! read is a future that owns the XML reader), negotiation and stanza handling in short-lived
