@@ -250,19 +250,25 @@ async fn message_in(server: &Server, mut stanza: Stanza, bare: BareJid, full: Op
             None
         }
     };
-    let targets = match full.as_ref().and_then(|f| server.sessions.get(f)) {
+    let find = || match full.as_ref().and_then(|f| server.sessions.get(f)) {
         Some(s) => vec![s],
         None if full.is_some() && typ != "chat" => Vec::new(),
         None => server.sessions.sessions(&bare, |s| s.available && s.priority >= 0),
     };
+    let mut targets = find();
     if targets.is_empty() {
         if typ == "headline" || typ == "error" {
             return;
         }
-        if let Err(e) = modules::offline::store(server, &bare, stanza.el.clone(), sid.as_deref()).await {
-            bounce(server, &stanza, e).await;
+        // Decided again under the account's gate: a resource may be coming up (offline::Gates).
+        let _gate = server.offline_gates.lock(&bare).await;
+        targets = find();
+        if targets.is_empty() {
+            if let Err(e) = modules::offline::store(server, &bare, stanza.el.clone(), sid.as_deref()).await {
+                bounce(server, &stanza, e).await;
+            }
+            return;
         }
-        return;
     }
     let delivered: Vec<FullJid> = targets.iter().map(|s| s.jid.clone()).collect();
     modules::carbons::received(server, &bare, &stanza.el, &delivered);

@@ -31,6 +31,8 @@ pub struct Server {
     pub shutdown: watch::Receiver<bool>,
     /// Archiving preferences of active accounts (XEP-0313), read on every archived message.
     pub archive_prefs: crate::modules::mam::PrefsCache,
+    /// Offline store or live resource: one decision at a time per account.
+    pub offline_gates: crate::modules::offline::Gates,
     /// Payload namespace -> handler, built once from [`MODULES`].
     pub iq_handlers: HashMap<&'static str, &'static IqHandler>,
 }
@@ -80,6 +82,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sessions: SessionRegistry::new(),
         resumable: Default::default(),
         archive_prefs: Default::default(),
+        offline_gates: Default::default(),
         tls,
         started: Instant::now(),
         shutdown,

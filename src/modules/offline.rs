@@ -19,6 +19,30 @@ pub const MODULE: Module = Module {
 
 /// Should this message wait for the account (XEP-0160 section 3, XEP-0334)? Chat and normal
 /// messages with content worth keeping; chat states alone and no-store ones are not kept.
+/// One lock per account (striped), held by whoever decides between the offline store and a
+/// live resource: the router while it stores a message for an account with no available
+/// resource, and an initial presence while it hands the stored messages to its session and
+/// then makes it available. Without it a message could be stored just after the session read
+/// the store, and messages routed live afterwards would overtake it: a client that syncs the
+/// archive from its newest message would never see it. (An async lock, held across the
+/// database write on purpose: that write is what must not interleave.)
+pub struct Gates([tokio::sync::Mutex<()>; 64]);
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+    }
+}
+
+impl Gates {
+    pub async fn lock(&self, owner: &BareJid) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        owner.as_str().hash(&mut h);
+        self.0[(h.finish() % self.0.len() as u64) as usize].lock().await
+    }
+}
+
 pub fn storable(el: &Element) -> bool {
     if !matches!(el.get_attr("type").unwrap_or("normal"), "chat" | "normal") || super::mam::has_hint(el, "no-store") {
         return false;

@@ -59,11 +59,19 @@ impl SessionPresence {
                 self.available = true;
                 let priority = priority_of(&el);
                 let shared = Outgoing::new(el.clone());
+                // Stored messages go to this session before it is available, under the
+                // account's gate, so nothing routed live afterwards overtakes them
+                // (offline::Gates).
+                let gate = if initial { Some(server.offline_gates.lock(&owner).await) } else { None };
+                if gate.is_some() {
+                    super::offline::deliver(server, me).await;
+                }
                 server.sessions.update(me, session_id, |s| {
                     s.available = true;
                     s.priority = priority;
                     s.presence = Some(shared);
                 });
+                drop(gate);
                 // RFC 6121 sections 4.2.2 and 4.4.2: to every available resource of the account,
                 // including the one that sent it.
                 let all = server.sessions.sessions(&owner, |s| s.available);
@@ -120,7 +128,6 @@ impl SessionPresence {
             }
             Err(e) => tracing::error!(error = %e, "loading subscription requests"),
         }
-        super::offline::deliver(server, me).await;
     }
 
     /// The session becomes unavailable, by presence or because its stream ended.
