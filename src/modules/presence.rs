@@ -62,10 +62,13 @@ impl SessionPresence {
                 // Stored messages go to this session before it is available, under the
                 // account's gate, so nothing routed live afterwards overtakes them
                 // (offline::Gates).
-                let gate = if initial { Some(server.offline_gates.lock(&owner).await) } else { None };
-                if gate.is_some() {
+                let gate = if initial {
+                    let gate = server.offline_gates.lock(&owner).await;
                     super::offline::deliver(server, me).await;
-                }
+                    Some(gate)
+                } else {
+                    None
+                };
                 server.sessions.update(me, session_id, |s| {
                     s.available = true;
                     s.priority = priority;

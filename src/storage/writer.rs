@@ -125,9 +125,8 @@ impl Queue {
 
 impl ArchiveWriter {
     /// Start the writer thread on its own connection to the SQLite database at `file`.
-    /// `checkpoints` is the pool a background task uses to checkpoint the WAL: the writer
-    /// itself never does (a checkpoint in the writer would hold up every queued message for
-    /// its duration).
+    /// `checkpoints` is the pool a background task checkpoints the WAL from, so that commits
+    /// never wait for a whole checkpoint; the writer only finishes one (see `checkpointer`).
     pub async fn start_sqlite(file: &Path, checkpoints: AnyPool) -> Result<ArchiveWriter> {
         let conn = rusqlite::Connection::open(file)?;
         // As the pool's connections, and no automatic checkpoint.
@@ -217,12 +216,12 @@ impl ArchiveWriter {
                 let _ = done.send(Ok(()));
             }
             if q.rows.is_empty() {
-                drop(conn);
+                drop(conn); // while the queue is locked: a caller that found it busy has seen this
                 return;
             }
         }
         q.flush();
-        drop(conn);
+        drop(conn); // as above
     }
 
     /// Finish what is queued and close the connection.
@@ -306,7 +305,6 @@ async fn checkpointer(pool: AnyPool, written: Arc<Written>, mut stopped: oneshot
 /// The writer thread's checkpoint (see `checkpointer`), with the connection held.
 fn finish_checkpoint(db: &rusqlite::Connection) {
     let r = db.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)));
-    tracing::debug!(?r, "writer's WAL checkpoint");
     match r {
         Ok((log, done)) if done < log => tracing::debug!(log, done, "WAL checkpoint incomplete (a reader is behind)"),
         Ok(_) => {}
@@ -410,15 +408,21 @@ fn write_sqlite(conn: &mut rusqlite::Connection, rows: &[&NewArchived]) -> Resul
         return insert_sqlite(conn, rows);
     }
     let tx = conn.transaction()?;
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let n = CHUNKS.iter().copied().find(|c| *c <= rest.len()).unwrap_or(1);
-        let (chunk, tail) = rest.split_at(n);
+    for chunk in chunks(rows) {
         insert_sqlite(&tx, chunk)?;
-        rest = tail;
     }
     tx.commit()?;
     Ok(())
+}
+
+/// `rows` cut into statements of `CHUNKS` sizes, largest first.
+fn chunks<'a, 'r>(mut rest: &'a [&'r NewArchived]) -> impl Iterator<Item = &'a [&'r NewArchived]> {
+    std::iter::from_fn(move || {
+        let n = CHUNKS.iter().copied().find(|c| *c <= rest.len())?;
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// One INSERT of `rows` (a length from `CHUNKS`).
@@ -468,12 +472,8 @@ async fn write(conn: &mut AnyConnection, rows: &[&NewArchived]) -> Result<()> {
         return Ok(());
     }
     let mut tx = conn.begin().await?;
-    let mut rest = rows;
-    while !rest.is_empty() {
-        let n = CHUNKS.iter().copied().find(|c| *c <= rest.len()).unwrap_or(1);
-        let (chunk, tail) = rest.split_at(n);
+    for chunk in chunks(rows) {
         insert_chunk(chunk).execute(&mut *tx).await?;
-        rest = tail;
     }
     tx.commit().await?;
     Ok(())
