@@ -2,6 +2,8 @@
 //! resource is kept, with a delay stamp and its archive stanza-id, and delivered when a resource
 //! next sends initial presence.
 
+use std::collections::HashMap;
+
 use super::{Module, Spec};
 use crate::error::{Condition, StanzaError};
 use crate::jid::{BareJid, FullJid};
@@ -26,11 +28,19 @@ pub const MODULE: Module = Module {
 /// the store, and messages routed live afterwards would overtake it: a client that syncs the
 /// archive from its newest message would never see it. (An async lock, held across the
 /// database write on purpose: that write is what must not interleave.)
-pub struct Gates([tokio::sync::Mutex<()>; 64]);
+///
+/// It also notes which stored messages are out with which session: a row stays in the store
+/// until that session's client acknowledges it (XEP-0198), and meanwhile no other resource
+/// is handed it.
+pub struct Gates {
+    locks: [tokio::sync::Mutex<()>; 64],
+    /// Rows handed to a session and not yet acknowledged: owner -> row -> session id.
+    held: std::sync::Mutex<HashMap<BareJid, HashMap<i64, u64>>>,
+}
 
 impl Default for Gates {
     fn default() -> Self {
-        Gates(std::array::from_fn(|_| tokio::sync::Mutex::new(())))
+        Gates { locks: std::array::from_fn(|_| tokio::sync::Mutex::new(())), held: Default::default() }
     }
 }
 
@@ -39,7 +49,27 @@ impl Gates {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         owner.as_str().hash(&mut h);
-        self.0[(h.finish() % self.0.len() as u64) as usize].lock().await
+        self.locks[(h.finish() % self.locks.len() as u64) as usize].lock().await
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<BareJid, HashMap<i64, u64>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forget which rows `session` holds: all of them, or those in `rows`.
+    fn release(&self, owner: &BareJid, session: u64, rows: Option<&[i64]>) {
+        let mut held = self.held();
+        if let Some(h) = held.get_mut(owner) {
+            match rows {
+                Some(rows) => rows.iter().for_each(|r| {
+                    h.remove(r);
+                }),
+                None => h.retain(|_, s| *s != session),
+            }
+            if h.is_empty() {
+                held.remove(owner);
+            }
+        }
     }
 }
 
@@ -64,16 +94,15 @@ pub async fn store(server: &Server, owner: &BareJid, mut el: Element, stanza_id:
         return Err(StanzaError::new(Condition::ServiceUnavailable).with_text("offline storage is full"));
     }
     let ts = super::mam::now_micros();
-    let stamp = time::OffsetDateTime::from_unix_timestamp_nanos(ts as i128 * 1000).map(super::time::xmpp_datetime).unwrap_or_default();
-    el.children.push(crate::xml::Node::Element(
-        Element::new("delay", ns::DELAY).attr("from", owner.domain().as_str()).attr("stamp", stamp).text("Offline storage"),
-    ));
+    el.children.push(crate::xml::Node::Element(delay(owner, ts)));
     server.storage.offline_insert(owner.as_str(), stanza_id.unwrap_or(""), ts, &el.to_xml()).await?;
     Ok(true)
 }
 
-/// Deliver stored messages to a resource that just became available, then forget them.
-pub async fn deliver(server: &Server, me: &FullJid) {
+/// Hand the stored messages no other session holds to `me` (session `session`), which just
+/// became available. The caller holds the account's gate. The rows stay in the store until
+/// the session reports them done ([`done`]) or ends ([`session_ended`]).
+pub async fn deliver(server: &Server, me: &FullJid, session: u64) {
     let owner = me.to_bare();
     let msgs = match server.storage.offline_messages(owner.as_str()).await {
         Ok(m) => m,
@@ -82,24 +111,76 @@ pub async fn deliver(server: &Server, me: &FullJid) {
             return;
         }
     };
-    let Some(session) = server.sessions.get(me) else { return };
-    let mut last = None;
-    for (id, _, xml) in msgs {
-        if let Some(mut el) = crate::xml::parse_stored(&xml).await {
-            el.set_attr("to", me.to_string());
-            // The session's mailbox is the hand-over point: past it, stream management (and the
-            // archive for clients without it) keeps the message.
-            if session.tx.send(Deliver::Stanza(Outgoing::new(el))).await.is_err() {
-                break;
+    let Some(entry) = server.sessions.get(me).filter(|s| s.id == session) else { return };
+    let taken: std::collections::HashSet<i64> =
+        server.offline_gates.held().get(&owner).map(|h| h.keys().copied().collect()).unwrap_or_default();
+    let mut handed = Vec::new();
+    for (row, _, xml) in msgs.into_iter().filter(|(row, _, _)| !taken.contains(row)) {
+        let Some(mut el) = crate::xml::parse_stored(&xml).await else {
+            tracing::error!(row, "an offline message could not be read back; left in the store");
+            continue;
+        };
+        el.set_attr("to", me.to_string());
+        if entry.tx.send(Deliver::Stanza(Outgoing::from_offline(el, row))).await.is_err() {
+            break;
+        }
+        handed.push(row);
+    }
+    if !handed.is_empty() {
+        server.offline_gates.held().entry(owner).or_default().extend(handed.into_iter().map(|r| (r, session)));
+    }
+}
+
+/// The client of `session` has these stored messages: delete them from the store.
+pub async fn done(server: &Server, owner: &BareJid, session: u64, rows: &[i64]) {
+    if let Err(e) = server.storage.offline_delete(owner.as_str(), rows).await {
+        // Left in the store: delivered again at a later login rather than lost.
+        tracing::error!(error = %e, "deleting acknowledged offline messages");
+    }
+    server.offline_gates.release(owner, session, Some(rows));
+}
+
+/// A session of `owner` ended with `unacked` messages its client never acknowledged. Stored
+/// messages among them stay in the store; the others are stored now, in one transaction and
+/// past the quota (they were accepted already). Then, if another resource is available, it
+/// is handed everything stored.
+pub async fn session_ended(server: &Server, owner: &BareJid, session: u64, unacked: Vec<std::sync::Arc<Outgoing>>) {
+    let _gate = server.offline_gates.lock(owner).await;
+    server.offline_gates.release(owner, session, None);
+    let ts = super::mam::now_micros();
+    let rows: Vec<(String, i64, String)> = unacked
+        .iter()
+        .filter(|o| o.offline_row.is_none() && o.el.name == "message" && storable(&o.el))
+        .map(|o| {
+            let sid =
+                o.el.elements()
+                    .find(|c| c.is("stanza-id", super::mam::NS_SID) && c.get_attr("by") == Some(owner.as_str()))
+                    .and_then(|c| c.get_attr("id"))
+                    .unwrap_or("")
+                    .to_string();
+            let mut el = o.el.clone();
+            if el.find("delay", ns::DELAY).is_none() {
+                el.children.push(crate::xml::Node::Element(delay(owner, ts)));
             }
+            (sid, ts, el.to_xml())
+        })
+        .collect();
+    if !rows.is_empty() {
+        match server.storage.offline_insert_many(owner.as_str(), &rows).await {
+            Ok(()) => tracing::info!(kept = rows.len(), "unacknowledged messages moved to offline storage"),
+            // Still in the archive, where a client syncing from its newest message finds them.
+            Err(e) => tracing::error!(error = %e, lost = rows.len(), "could not keep unacknowledged messages offline"),
         }
-        last = Some(id);
     }
-    if let Some(last) = last {
-        if let Err(e) = server.storage.offline_delete_upto(owner.as_str(), last).await {
-            tracing::error!(error = %e, "deleting delivered offline messages");
-        }
+    let next = server.sessions.sessions(owner, |s| s.available && s.priority >= 0).into_iter().max_by_key(|s| s.priority);
+    if let Some(next) = next {
+        deliver(server, &next.jid, next.id).await;
     }
+}
+
+fn delay(owner: &BareJid, ts: i64) -> Element {
+    let stamp = time::OffsetDateTime::from_unix_timestamp_nanos(ts as i128 * 1000).map(super::time::xmpp_datetime).unwrap_or_default();
+    Element::new("delay", ns::DELAY).attr("from", owner.domain().as_str()).attr("stamp", stamp).text("Offline storage")
 }
 
 #[cfg(test)]

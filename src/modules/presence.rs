@@ -64,7 +64,7 @@ impl SessionPresence {
                 // (offline::Gates).
                 let gate = if initial {
                     let gate = server.offline_gates.lock(&owner).await;
-                    super::offline::deliver(server, me).await;
+                    super::offline::deliver(server, me, session_id).await;
                     Some(gate)
                 } else {
                     None

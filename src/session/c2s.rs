@@ -728,9 +728,21 @@ impl Bound {
                 self.out.push_str("<r xmlns='urn:xmpp:sm:3'/>");
             }
             if !self.out.is_empty() && self.flush().await.is_err() {
+                // Not written after all: the stored messages stay stored.
+                self.sm.offline_done.clear();
                 return End::Gone;
             }
+            if !self.sm.offline_done.is_empty() {
+                self.offline_done();
+            }
         }
+    }
+
+    /// Delete the stored messages the client now has, off the session loop.
+    fn offline_done(&mut self) {
+        let rows = std::mem::take(&mut self.sm.offline_done);
+        let (server, owner, id) = (self.server.clone(), self.jid.to_bare(), self.id);
+        tokio::spawn(async move { modules::offline::done(&server, &owner, id, &rows).await });
     }
 
     /// What the session loop acts on next, in this order: a resumption of this session, the
@@ -853,24 +865,11 @@ impl Bound {
             }
         }
         let owner = jid.to_bare();
-        let mut kept = 0;
-        for o in std::mem::take(&mut self.sm.unacked) {
-            if o.el.name == "message" {
-                let sid =
-                    o.el.elements()
-                        .find(|c| c.is("stanza-id", modules::mam::NS_SID) && c.get_attr("by") == Some(owner.as_str()))
-                        .and_then(|c| c.get_attr("id"))
-                        .map(String::from);
-                match modules::offline::store(&server, &owner, o.el.clone(), sid.as_deref()).await {
-                    Ok(true) => kept += 1,
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(error = ?e, "could not keep an unacknowledged message"),
-                }
-            }
+        if !self.sm.offline_done.is_empty() {
+            let rows = std::mem::take(&mut self.sm.offline_done);
+            modules::offline::done(&server, &owner, id, &rows).await;
         }
-        if kept > 0 {
-            tracing::info!(kept, "unacknowledged messages moved to offline storage");
-        }
+        modules::offline::session_ended(&server, &owner, id, std::mem::take(&mut self.sm.unacked).into()).await;
         tracing::info!("session ended");
     }
 

@@ -17,11 +17,18 @@ use crate::xml::Element;
 pub struct Outgoing {
     pub el: Element,
     bytes: OnceLock<Box<str>>,
+    /// The offline-store row this message came from: the row is deleted once the client has
+    /// acknowledged it (or, without stream management, once it was written).
+    pub offline_row: Option<i64>,
 }
 
 impl Outgoing {
     pub fn new(el: Element) -> Arc<Outgoing> {
-        Arc::new(Outgoing { el, bytes: OnceLock::new() })
+        Arc::new(Outgoing { el, bytes: OnceLock::new(), offline_row: None })
+    }
+
+    pub fn from_offline(el: Element, row: i64) -> Arc<Outgoing> {
+        Arc::new(Outgoing { el, bytes: OnceLock::new(), offline_row: Some(row) })
     }
 
     pub fn bytes(&self) -> &str {

@@ -31,6 +31,9 @@ pub struct SmState {
     /// Stanzas sent since the last `<r/>`: a new request only follows new stanzas, so a client
     /// answering with a low "h" is not asked again in a loop.
     pub sent_since_request: u32,
+    /// Offline-store rows the client now has: acknowledged, or written to a stream without
+    /// stream management. The session deletes them from the store.
+    pub offline_done: Vec<i64>,
 }
 
 /// The peer claimed to have handled more than it was sent.
@@ -59,6 +62,8 @@ impl SmState {
         if self.enabled {
             self.unacked.push_back(o);
             self.sent_since_request = self.sent_since_request.wrapping_add(1);
+        } else if let Some(row) = o.offline_row {
+            self.offline_done.push(row);
         }
     }
 
@@ -84,7 +89,7 @@ impl SmState {
         if newly > self.unacked.len() {
             return Err(TooHigh { h, sent: self.sent() });
         }
-        self.unacked.drain(..newly);
+        self.offline_done.extend(self.unacked.drain(..newly).filter_map(|o| o.offline_row));
         self.acked = h;
         self.requested = false;
         Ok(())
@@ -156,6 +161,24 @@ mod tests {
         s.ack(3).unwrap();
         assert_eq!(s.unacked.len(), 2);
         assert_eq!(s.ack(9), Err(TooHigh { h: 9, sent: 5 }));
+    }
+
+    #[test]
+    fn offline_rows_are_done_when_acknowledged_or_written_without_sm() {
+        let stored = |row| Outgoing::from_offline(Element::new("message", "jabber:client"), row);
+        let mut s = SmState::default();
+        s.on_sent(stored(7));
+        assert_eq!(s.offline_done, [7], "without stream management, written is done");
+        s.offline_done.clear();
+        s.enable(false);
+        s.on_sent(stored(8));
+        s.on_sent(out(0));
+        s.on_sent(stored(9));
+        assert!(s.offline_done.is_empty(), "sent is not done");
+        s.ack(2).unwrap();
+        assert_eq!(s.offline_done, [8]);
+        s.ack(3).unwrap();
+        assert_eq!(s.offline_done, [8, 9]);
     }
 
     #[test]

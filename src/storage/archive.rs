@@ -229,9 +229,34 @@ impl Storage {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
 
-    /// Forget delivered offline messages, up to and including row `max_id`.
-    pub async fn offline_delete_upto(&self, owner: &str, max_id: i64) -> Result<()> {
-        sqlx::query("DELETE FROM offline_messages WHERE owner = $1 AND id <= $2").bind(owner).bind(max_id).execute(&self.pool).await?;
+    /// Keep several messages for one account in one transaction (a session's unacknowledged
+    /// messages when it ends): all of them or none. Each is (stanza id, ts, xml).
+    pub async fn offline_insert_many(&self, owner: &str, rows: &[(String, i64, String)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (sid, ts, xml) in rows {
+            sqlx::query("INSERT INTO offline_messages (owner, stanza_id, ts, xml) VALUES ($1, $2, $3, $4)")
+                .bind(owner)
+                .bind(sid)
+                .bind(*ts)
+                .bind(xml)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forget offline messages the client has acknowledged, by row id.
+    pub async fn offline_delete(&self, owner: &str, ids: &[i64]) -> Result<()> {
+        for chunk in ids.chunks(200) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!("DELETE FROM offline_messages WHERE owner = $1 AND id IN ({})", marks.join(", "));
+            let mut q = sqlx::query(&sql).bind(owner);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            q.execute(&self.pool).await?;
+        }
         Ok(())
     }
 }

@@ -378,3 +378,86 @@ async fn burst_with_sigkills_loses_nothing_and_duplicates_nothing() {
     assert!(lost.is_empty(), "acknowledged but never received: {:?} ({figures})", &lost[..lost.len().min(20)]);
     assert_eq!(duplicated, 0, "{figures}");
 }
+
+/// Stored messages handed to a session whose client never acknowledged them survive a SIGKILL
+/// of the server: they leave the offline store only when acknowledged (XEP-0198).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_offline_messages_survive_a_sigkill() {
+    let dir = std::env::temp_dir().join(format!("starling-fault-offline-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let config = dir.join("fault.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\ndata_dir = \"{}\"\n[listen]\nc2s = []\nc2s_direct_tls = [\"127.0.0.1:{port}\"]\n", dir.display()),
+    )
+    .unwrap();
+    for u in ["alice", "bob"] {
+        let st = Command::new(BIN)
+            .args(["user", "add", &format!("{u}@localhost"), "--password", "pw", "--config", config.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut proc = Proc { dir: dir.clone(), config, child: None };
+    proc.start();
+    let up = async {
+        loop {
+            if let Some(c) = connect(addr, "alice").await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let mut a = tokio::time::timeout(Duration::from_secs(30), up).await.expect("server up");
+    let mut batch = String::new();
+    for i in 0..3 {
+        batch.push_str(&format!("<message to='bob@localhost' type='chat' id='m{i}'><body>stored-{i}</body></message>"));
+    }
+    batch.push_str(&format!("<r xmlns='{SM}'/>"));
+    a.send(&batch).await;
+    let ack = a.recv_where(|e| e.is("a", SM)).await;
+    assert_eq!(ack.get_attr("h"), Some("3"), "all three stored");
+
+    let read_stored = async |bodies: &mut Vec<String>| {
+        let mut b = connect(addr, "bob").await.expect("bob logs in");
+        b.send("<presence/>").await;
+        while let Some(Ok(ev)) = b.try_event(1500).await {
+            if let XmlEvent::Element(e) = ev {
+                if e.name == "message" {
+                    bodies.push(e.find("body", ns::CLIENT).map(|b| b.text_content()).unwrap_or_default());
+                }
+            }
+        }
+        b
+    };
+    let mut first = Vec::new();
+    let _b = read_stored(&mut first).await; // read, never acknowledged
+    assert_eq!(first, ["stored-0", "stored-1", "stored-2"]);
+    proc.kill();
+    proc.start();
+    let mut second = Vec::new();
+    let up = async {
+        loop {
+            if let Some(c) = connect(addr, "alice").await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let _a = tokio::time::timeout(Duration::from_secs(30), up).await.expect("server up again");
+    let mut b = read_stored(&mut second).await;
+    assert_eq!(second, ["stored-0", "stored-1", "stored-2"], "still stored: never acknowledged");
+    // This time they are acknowledged (the presence echo and three messages): gone for good.
+    b.send(&format!("<a xmlns='{SM}' h='4'/>")).await;
+    b.iq("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut third = Vec::new();
+    let _b = read_stored(&mut third).await;
+    assert!(third.is_empty(), "acknowledged messages are not delivered again: {third:?}");
+    proc.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -131,6 +131,89 @@ async fn timed_out_session_keeps_unacked_messages_offline(db: Db) {
     s.stop().await;
 }
 
+/// Three messages wait offline for bob.
+async fn three_offline(s: &TestServer) {
+    s.add_user("alice", "pw").await;
+    s.add_user("bob", "pw").await;
+    let mut a = s.online("alice", "pw", "a").await;
+    for i in 1..=3 {
+        a.send(&format!("<message to='bob@localhost' type='chat'><body>off{i}</body></message>")).await;
+    }
+    a.iq("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    a.close().await;
+}
+
+/// Bob with stream management (not resumable) sends initial presence and reads the stored
+/// messages without acknowledging them.
+async fn sm_reader(s: &TestServer, resource: &str) -> (Client, Vec<String>) {
+    let mut c = s.login("bob", "pw", resource).await;
+    c.send(&format!("<enable xmlns='{SM}'/>")).await;
+    c.recv_where(|e| e.is("enabled", SM)).await;
+    c.send("<presence/>").await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(body(&c.recv_where(|e| e.name == "message").await));
+    }
+    (c, got)
+}
+
+/// XEP-0198 with XEP-0160: a stored message leaves the store when the client acknowledges it,
+/// not when it is written. A client that dropped after acknowledging one of three gets the other
+/// two, once, at its next login.
+async fn offline_messages_leave_the_store_on_acknowledgement(db: Db) {
+    let s = TestServer::start(db).await;
+    three_offline(&s).await;
+    let (mut b, got) = sm_reader(&s, "b1").await;
+    assert_eq!(got, ["off1", "off2", "off3"]);
+    // Handled so far: the presence echo and the three messages, in stream order; the presence
+    // came after the stored messages (they are handed over before the session is available).
+    b.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
+    b.iq("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    drop(b); // connection lost, no resumption
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut c = s.login("bob", "pw", "b2").await;
+    c.send("<presence/>").await;
+    let mut again = Vec::new();
+    loop {
+        let e = c.recv_where(|e| e.name == "message" || e.get_attr("from") == Some("bob@localhost/b2")).await;
+        if e.name == "presence" {
+            break;
+        }
+        again.push(body(&e));
+    }
+    assert_eq!(again, ["off2", "off3"], "the acknowledged one is gone, the others are delivered once");
+    c.expect_silence(300).await;
+    s.stop().await;
+}
+
+/// While one resource holds stored messages unacknowledged, a second resource coming online is
+/// not handed them too; when the first ends without acknowledging, the second gets them.
+async fn held_offline_messages_go_to_another_resource_when_the_holder_ends(db: Db) {
+    let s = TestServer::start(db).await;
+    three_offline(&s).await;
+    let (b1, got) = sm_reader(&s, "b1").await;
+    assert_eq!(got.len(), 3);
+    let mut b2 = s.login("bob", "pw", "b2").await;
+    b2.send("<presence/>").await;
+    b2.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some("bob@localhost/b2")).await;
+    // b1's presence may arrive; no message does.
+    while let Some(Ok(starling::xml::XmlEvent::Element(e))) = b2.try_event(300).await {
+        assert_ne!(e.name, "message", "held by b1: {e}");
+    }
+    drop(b1);
+    let mut again = Vec::new();
+    while again.len() < 3 {
+        let m = b2.recv_where(|e| e.name == "message").await;
+        assert!(m.find("delay", ns::DELAY).is_some(), "{m}");
+        again.push(body(&m));
+    }
+    assert_eq!(again, ["off1", "off2", "off3"]);
+    while let Some(Ok(starling::xml::XmlEvent::Element(e))) = b2.try_event(300).await {
+        assert_ne!(e.name, "message", "delivered once: {e}");
+    }
+    s.stop().await;
+}
+
 async fn enable_before_bind_and_bad_resume(db: Db) {
     let s = TestServer::start(db).await;
     s.add_user("bob", "pw").await;
@@ -158,6 +241,8 @@ crate::on_both!(
     resume_resends_only_unacked,
     resume_replaces_a_ghost_connection,
     timed_out_session_keeps_unacked_messages_offline,
+    offline_messages_leave_the_store_on_acknowledgement,
+    held_offline_messages_go_to_another_resource_when_the_holder_ends,
     enable_before_bind_and_bad_resume,
 );
 
