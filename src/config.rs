@@ -30,6 +30,8 @@ pub struct Config {
     #[serde(default)]
     pub offline: OfflineConfig,
     #[serde(default)]
+    pub muc: MucConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -65,6 +67,27 @@ pub struct OfflineConfig {
     /// Messages kept per account while it is offline (XEP-0160); more are refused.
     #[serde(default = "default_offline_quota")]
     pub max_per_account: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MucConfig {
+    /// Serve group chat (XEP-0045) at `<subdomain>.<host>` for every served host.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_muc_subdomain")]
+    pub subdomain: String,
+    /// Messages a room replays to a new occupant (the most it sends whatever it asks).
+    #[serde(default = "default_muc_history")]
+    pub history_size: usize,
+    /// Occupants a new room admits; an owner may set any limit up to `max_occupants_limit`.
+    #[serde(default = "default_muc_occupants")]
+    pub default_max_occupants: usize,
+    #[serde(default = "default_muc_occupants_limit")]
+    pub max_occupants_limit: usize,
+    /// New rooms archive their messages (XEP-0313), which occupants can page through.
+    #[serde(default = "yes")]
+    pub archive_by_default: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -184,6 +207,18 @@ pub struct LogConfig {
 fn yes() -> bool {
     true
 }
+fn default_muc_subdomain() -> String {
+    "conference".into()
+}
+fn default_muc_history() -> usize {
+    20
+}
+fn default_muc_occupants() -> usize {
+    200
+}
+fn default_muc_occupants_limit() -> usize {
+    5000
+}
 fn default_hosts() -> Vec<String> {
     vec!["localhost".into()]
 }
@@ -269,6 +304,7 @@ default_from_serde!(
     StreamManagementConfig,
     ArchiveConfig,
     OfflineConfig,
+    MucConfig,
     LogConfig
 );
 
@@ -335,6 +371,14 @@ impl Config {
         }
         if self.c2s.mailbox_size == 0 {
             errors.push("c2s.mailbox_size: must be positive".into());
+        }
+        let service = format!("{}.example", self.muc.subdomain);
+        if self.muc.subdomain.is_empty() || !matches!(jid::BareJid::new(&service), Ok(j) if j.node().is_none() && j.domain().as_str() == service)
+        {
+            errors.push(format!("muc.subdomain: {:?} is not a normalised domain label", self.muc.subdomain));
+        }
+        if self.muc.default_max_occupants == 0 || self.muc.default_max_occupants > self.muc.max_occupants_limit {
+            errors.push("muc.default_max_occupants: must be between 1 and muc.max_occupants_limit".into());
         }
         if self.listen.c2s.is_empty() && self.listen.c2s_direct_tls.is_empty() {
             errors.push("listen: no client listener configured".into());

@@ -99,6 +99,7 @@ pub enum Condition {
     NotAuthorized,
     PolicyViolation,
     RecipientUnavailable,
+    RegistrationRequired,
     RemoteServerNotFound,
     ResourceConstraint,
     ServiceUnavailable,
@@ -123,6 +124,7 @@ impl Condition {
             NotAuthorized => "not-authorized",
             PolicyViolation => "policy-violation",
             RecipientUnavailable => "recipient-unavailable",
+            RegistrationRequired => "registration-required",
             RemoteServerNotFound => "remote-server-not-found",
             ResourceConstraint => "resource-constraint",
             ServiceUnavailable => "service-unavailable",
@@ -138,6 +140,7 @@ impl Condition {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation => "modify",
             Conflict | FeatureNotImplemented | Forbidden | ItemNotFound | NotAllowed | NotAuthorized | RemoteServerNotFound => "cancel",
             Gone | RecipientUnavailable | ServiceUnavailable | UndefinedCondition => "cancel",
+            RegistrationRequired => "auth",
             InternalServerError | ResourceConstraint | UnexpectedRequest => "wait",
         }
     }
@@ -149,11 +152,14 @@ pub struct StanzaError {
     pub condition: Condition,
     pub text: Option<String>,
     pub app: Option<Box<Element>>,
+    /// The error type, where a specification names another than RFC 6120's usual one for the
+    /// condition (XEP-0045: `forbidden` and `not-authorized` are `auth`, a full room `wait`).
+    pub typ: Option<&'static str>,
 }
 
 impl From<Condition> for StanzaError {
     fn from(condition: Condition) -> Self {
-        StanzaError { condition, text: None, app: None }
+        StanzaError { condition, text: None, app: None, typ: None }
     }
 }
 
@@ -174,6 +180,11 @@ impl StanzaError {
         self
     }
 
+    pub fn with_type(mut self, typ: &'static str) -> Self {
+        self.typ = Some(typ);
+        self
+    }
+
     pub fn with_app(mut self, app: Element) -> Self {
         self.app = Some(Box::new(app));
         self
@@ -182,7 +193,7 @@ impl StanzaError {
     /// The `<error/>` child.
     pub fn to_element(&self) -> Element {
         let mut e = Element::new("error", ns::CLIENT)
-            .attr("type", self.condition.error_type())
+            .attr("type", self.typ.unwrap_or(self.condition.error_type()))
             .child(Element::new(self.condition.name(), ns::STANZA_ERRORS));
         if let Some(t) = &self.text {
             e = e.child(Element::new("text", ns::STANZA_ERRORS).attr("xml:lang", "en").text(t.clone()));

@@ -10,7 +10,8 @@
 //!        -> stanza::Stanza (typed envelope, parsed once) -> c2s policy (stamp `from`)
 //!        -> modules (presence broadcast, outbound subscriptions) -> router::route
 //!        -> destination: server IQ handlers (modules), local account (presence/roster
-//!           inbound, delivery rules), remote domain (later: s2s link)
+//!           inbound, delivery rules), a local service (group chat: the room's task, which fans
+//!           out to its occupants' mailboxes), remote domain (later: s2s link)
 //!        -> session::registry mailbox -> the target session's loop -> one write per batch
 //! ```
 //!

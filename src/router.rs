@@ -7,6 +7,7 @@
 //! | local full JID, online  | that resource                     | that resource                     | that resource             |
 //! | local full JID, offline | chat as bare, normal `service-unavailable`, headline dropped | subscription types as bare, others dropped | `service-unavailable` |
 //! | unknown local account   | `service-unavailable`             | error to subscribe, `unsubscribed` to probe | `service-unavailable` |
+//! | group chat service (conference.host, room, room/nick) | to the room's task (`modules::muc`) |||
 //! | other domain            | `remote-server-not-found` until a federation link is configured                          |||
 //!
 //! Blocking (XEP-0191) is applied here too: outbound to a blocked JID gives `not-acceptable`
@@ -29,11 +30,16 @@ pub enum Destination {
     Host(String),
     LocalBare(BareJid),
     LocalFull(FullJid),
+    /// A local service with addresses of its own: group chat (later also external components).
+    Service,
     Remote(String),
 }
 
 pub fn classify(server: &Server, to: &Jid) -> Destination {
     let domain = to.domain().as_str();
+    if server.muc.as_ref().is_some_and(|m| m.serves(domain)) {
+        return Destination::Service;
+    }
     if !server.is_local_domain(domain) {
         return Destination::Remote(domain.to_string());
     }
@@ -64,6 +70,10 @@ async fn route_now(server: &Server, stanza: Stanza) {
         Destination::Host(host) => to_host(server, stanza, host).await,
         Destination::LocalBare(bare) => to_local(server, stanza, bare, None).await,
         Destination::LocalFull(full) => to_local(server, stanza, full.to_bare(), Some(full)).await,
+        Destination::Service => match &server.muc {
+            Some(muc) => muc.route(server, stanza).await,
+            None => bounce(server, &stanza, Condition::ServiceUnavailable).await,
+        },
         Destination::Remote(domain) => {
             tracing::debug!(%domain, "no route to remote domain");
             bounce(server, &stanza, Condition::RemoteServerNotFound).await;

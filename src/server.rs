@@ -33,6 +33,8 @@ pub struct Server {
     pub archive_prefs: crate::modules::mam::PrefsCache,
     /// Offline store or live resource: one decision at a time per account.
     pub offline_gates: crate::modules::offline::Gates,
+    /// Group chat (XEP-0045), when enabled: a router destination of its own.
+    pub muc: Option<Arc<crate::modules::muc::Service>>,
     /// Payload namespace -> handler, built once from [`MODULES`].
     pub iq_handlers: HashMap<&'static str, &'static IqHandler>,
 }
@@ -74,7 +76,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             iq_handlers.insert(h.ns, h);
         }
     }
+    let muc = crate::modules::muc::Service::new(&config);
     let server = Arc::new(Server {
+        muc,
         hosts: config.server.hosts.iter().cloned().collect(),
         throttle: AuthThrottle::new(config.auth.free_failures, Duration::from_secs(config.auth.max_delay_secs)),
         config,
@@ -88,6 +92,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         iq_handlers,
     });
+    if let Some(muc) = &server.muc {
+        muc.attach(&server);
+    }
     tokio::spawn(crate::modules::mam::retention_task(server.clone()));
     let (alive_tx, alive_rx) = mpsc::channel(1);
     let limit = Arc::new(Semaphore::new(server.config.c2s.max_connections));

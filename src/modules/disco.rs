@@ -53,7 +53,7 @@ fn info<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
     })
 }
 
-fn items<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
+fn items<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
     Box::pin(async move {
         if req.is_set() || req.payload.name != "query" {
             return Err(Condition::BadRequest.into());
@@ -61,6 +61,16 @@ fn items<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
         if req.payload.get_attr("node").is_some() {
             return Err(Condition::ItemNotFound.into());
         }
-        Ok(Some(Element::new("query", ns::DISCO_ITEMS)))
+        let mut q = Element::new("query", ns::DISCO_ITEMS);
+        // The host's services: clients find the group chat service here (XEP-0045 section 6.1).
+        if let (IqTarget::Host(host), Some(muc)) = (req.target, &server.muc) {
+            let mut services: Vec<&String> =
+                muc.domains().filter(|d| d.strip_suffix(host.as_str()).is_some_and(|p| p.ends_with('.'))).collect();
+            services.sort();
+            for d in services {
+                q = q.child(Element::new("item", ns::DISCO_ITEMS).attr("jid", d.clone()).attr("name", "Chatrooms"));
+            }
+        }
+        Ok(Some(q))
     })
 }

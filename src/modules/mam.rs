@@ -215,7 +215,7 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
     })
 }
 
-fn form() -> Element {
+pub(crate) fn form() -> Element {
     let field = |var: &str, typ: &str| Element::new("field", NS_DATA).attr("var", var).attr("type", typ);
     Element::new("query", NS_MAM).child(
         Element::new("x", NS_DATA)
@@ -277,7 +277,7 @@ async fn row_of(server: &Server, owner: &BareJid, id: &str) -> Result<i64, Stanz
         .ok_or_else(|| StanzaError::new(Condition::ItemNotFound).with_text(format!("no archived message {id}")))
 }
 
-async fn query(server: &Server, owner: &BareJid, from: &Jid, q: &Element) -> Result<Option<Element>, StanzaError> {
+pub(crate) async fn query(server: &Server, owner: &BareJid, from: &Jid, q: &Element) -> Result<Option<Element>, StanzaError> {
     let mut f = ArchiveFilter { owner: owner.to_string(), ..Default::default() };
     if let Some(x) = q.find("x", NS_DATA) {
         for field in x.elements().filter(|e| e.name == "field") {

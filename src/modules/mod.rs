@@ -7,6 +7,7 @@ pub mod carbons;
 pub mod disco;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -149,6 +150,7 @@ pub const MODULES: &[&Module] = &[
     &offline::MODULE,
     &mam::MODULE,
     &carbons::MODULE,
+    &muc::MODULE,
 ];
 
 /// Find the handler for a payload namespace (the table is built once at start-up).

@@ -830,7 +830,7 @@ impl Bound {
         }
         self.out.push_str(&format!("<resumed xmlns='{NS_SM}' h='{}' previd='{}'/>", self.sm.inbound, crate::xml::escape(&id)));
         for o in &self.sm.unacked {
-            self.out.push_str(o.bytes());
+            o.write_for(&mut self.out, &self.jid);
         }
         // Ask at once, so what the client got is not kept as unacknowledged (and later stored
         // offline) if it closes cleanly.
@@ -899,7 +899,7 @@ impl Bound {
             match d {
                 Deliver::Stanza(o) => {
                     for o in self.csi.filter(o) {
-                        self.out.push_str(o.bytes());
+                        o.write_for(&mut self.out, &self.jid);
                         self.sm.on_sent(o);
                     }
                 }
@@ -960,7 +960,7 @@ impl Bound {
         }
         if el.ns == NS_CSI {
             for o in self.csi.set_active(el.name == "active") {
-                self.out.push_str(o.bytes());
+                o.write_for(&mut self.out, &self.jid);
                 self.sm.on_sent(o);
             }
             return None;

@@ -20,18 +20,52 @@ pub struct Outgoing {
     /// The offline-store row this message came from: the row is deleted once the client has
     /// acknowledged it (or, without stream management, once it was written).
     pub offline_row: Option<i64>,
+    /// `el` has no `to`: each session writes its own address in (a room's fan-out shares one
+    /// serialization among all its occupants).
+    to_each: bool,
 }
 
 impl Outgoing {
     pub fn new(el: Element) -> Arc<Outgoing> {
-        Arc::new(Outgoing { el, bytes: OnceLock::new(), offline_row: None })
+        Arc::new(Outgoing { el, bytes: OnceLock::new(), offline_row: None, to_each: false })
     }
 
     pub fn from_offline(el: Element, row: i64) -> Arc<Outgoing> {
-        Arc::new(Outgoing { el, bytes: OnceLock::new(), offline_row: Some(row) })
+        Arc::new(Outgoing { el, bytes: OnceLock::new(), offline_row: Some(row), to_each: false })
     }
 
-    pub fn bytes(&self) -> &str {
+    /// One stanza for many sessions: `el` carries no `to`; each session adds its own.
+    pub fn to_each(mut el: Element) -> Arc<Outgoing> {
+        el.remove_attr("to");
+        Arc::new(Outgoing { el, bytes: OnceLock::new(), offline_row: None, to_each: true })
+    }
+
+    /// Append the stanza as session `to` sends it.
+    pub fn write_for(&self, out: &mut String, to: &FullJid) {
+        let bytes = self.bytes();
+        if !self.to_each {
+            out.push_str(bytes);
+            return;
+        }
+        // The serialization starts with `<` and the element's name.
+        let head = 1 + self.el.name.len();
+        out.push_str(&bytes[..head]);
+        out.push_str(" to='");
+        crate::xml::element::escape_into(out, to.as_str(), true);
+        out.push('\'');
+        out.push_str(&bytes[head..]);
+    }
+
+    /// The stanza as delivered to `to` (for stores that keep whole stanzas).
+    pub fn element_for(&self, to: &FullJid) -> Element {
+        let mut el = self.el.clone();
+        if self.to_each {
+            el.set_attr("to", to.to_string());
+        }
+        el
+    }
+
+    fn bytes(&self) -> &str {
         self.bytes.get_or_init(|| self.el.to_xml_in(crate::xml::ns::CLIENT).into_boxed_str())
     }
 }
@@ -45,6 +79,20 @@ pub enum Deliver {
 }
 
 pub type Mailbox = super::mailbox::Sender;
+
+/// Push to a session's mailbox (see [`SessionRegistry::send`]). `false` when the session is
+/// gone (its mailbox closed).
+pub fn push(tx: &Mailbox, jid: &FullJid, d: Deliver) -> bool {
+    match tx.try_send(d) {
+        Ok(()) => true,
+        Err(super::mailbox::TrySendError::Full(_)) => {
+            tracing::warn!(%jid, "mailbox full; closing the session");
+            tx.force_send(Deliver::Close(StreamError::PolicyViolation));
+            true
+        }
+        Err(super::mailbox::TrySendError::Closed(_)) => false,
+    }
+}
 
 /// One bound resource.
 #[derive(Debug, Clone)]
@@ -152,14 +200,7 @@ impl SessionRegistry {
     /// Push to a session's mailbox. A session whose mailbox is full has stopped reading; it is
     /// told to close rather than letting its backlog grow without bound.
     pub fn send(&self, s: &SessionEntry, d: Deliver) {
-        match s.tx.try_send(d) {
-            Ok(()) => {}
-            Err(super::mailbox::TrySendError::Full(_)) => {
-                tracing::warn!(jid = %s.jid, "mailbox full; closing the session");
-                s.tx.force_send(Deliver::Close(StreamError::PolicyViolation));
-            }
-            Err(super::mailbox::TrySendError::Closed(_)) => {}
-        }
+        push(&s.tx, &s.jid, d);
     }
 
     /// Tell every session to close its stream with `e` (server shutdown), past any backlog.

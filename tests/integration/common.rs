@@ -111,6 +111,21 @@ impl TestServer {
         self.cleanup().await;
     }
 
+    /// Stop the server (clean shutdown) and start it again on the same database and data
+    /// directory with the same configuration; the listeners get new ports. Clients of the
+    /// first run are disconnected.
+    pub async fn restart(mut self) -> TestServer {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        let running = starling::server::start(self.config.clone()).await.expect("server restarts");
+        self.storage = running.server.storage.clone();
+        self.c2s = running.c2s_addrs[0];
+        self.c2s_tls = running.c2s_tls_addrs[0];
+        self.running = Some(running);
+        self
+    }
+
     async fn cleanup(&mut self) {
         if let Some(name) = self.pg_db.take() {
             if let Ok(pool) = sqlx::AnyPool::connect(&pg_admin_url()).await {

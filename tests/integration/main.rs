@@ -6,5 +6,6 @@ mod core;
 mod fault;
 mod hostile;
 mod im;
+mod muc;
 mod sm;
 mod sync;
