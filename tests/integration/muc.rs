@@ -783,8 +783,48 @@ mod messages {
         s.stop().await;
     }
 
+    /// A query to an occupant JID (a vCard, as clients ask for avatars) is relayed to the
+    /// occupant from the asker's occupant JID, and the answer comes back to the asker from the
+    /// answerer's occupant JID with the asker's id; real JIDs stay hidden both ways.
+    async fn queries_to_occupants_are_relayed_both_ways(db: Db) {
+        let s = server(db, &["alice", "bob", "carol"]).await;
+        let mut a = online(&s, "alice").await;
+        let mut b = online(&s, "bob").await;
+        let mut c = online(&s, "carol").await;
+        let r = room("coven");
+        create(&mut a, &r, "alice").await;
+        instant(&mut a, &r).await;
+        join(&mut b, &r, "bob").await;
+        a.send(&format!("<iq type='get' id='v1' to='{}'><vCard xmlns='vcard-temp'/></iq>", occ(&r, "bob"))).await;
+        let q = wait(&mut b, "the relayed query", |e| e.name == "iq" && e.get_attr("type") == Some("get")).await;
+        assert_eq!(q.get_attr("from"), Some(occ(&r, "alice").as_str()), "{q}");
+        assert!(q.find("vCard", "vcard-temp").is_some(), "{q}");
+        let id = q.get_attr("id").unwrap().to_string();
+        b.send(&format!("<iq type='result' id='{id}' to='{}'><vCard xmlns='vcard-temp'><FN>Bob</FN></vCard></iq>", occ(&r, "alice"))).await;
+        let answer = wait(&mut a, "the answer", |e| e.name == "iq" && e.get_attr("id") == Some("v1")).await;
+        assert_eq!(answer.get_attr("type"), Some("result"), "{answer}");
+        assert_eq!(answer.get_attr("from"), Some(occ(&r, "bob").as_str()), "{answer}");
+        assert_eq!(
+            answer.find("vCard", "vcard-temp").and_then(|v| v.find("FN", "vcard-temp")).map(|v| v.text_content()).as_deref(),
+            Some("Bob"),
+            "{answer}"
+        );
+        // Not relayed for someone outside the room (XEP-0410's not-acceptable).
+        c.send(&format!("<iq type='get' id='v2' to='{}'><vCard xmlns='vcard-temp'/></iq>", occ(&r, "bob"))).await;
+        let e = wait(&mut c, "an error for v2", |e| e.name == "iq" && e.get_attr("id") == Some("v2")).await;
+        assert_error(&e, "not-acceptable", "modify", "a non-occupant's query to an occupant");
+        // A forged answer (wrong id, or from someone else) goes nowhere.
+        c.send(&format!("<iq type='result' id='{id}' to='{}'/>", occ(&r, "alice"))).await;
+        absent(&mut a, &r, "an answer nobody was asked for", |e| {
+            e.name == "iq" && e.get_attr("type") == Some("result") && e.get_attr("from") == Some(occ(&r, "bob").as_str())
+        })
+        .await;
+        s.stop().await;
+    }
+
     crate::on_both!(
         groupchat_is_reflected_to_all_with_one_stanza_id,
+        queries_to_occupants_are_relayed_both_ways,
         a_senders_stanza_id_for_the_room_is_replaced,
         non_occupant_groupchat_is_not_acceptable,
         history_is_sent_on_join_with_delay_from_the_room,

@@ -160,6 +160,9 @@ impl Service {
         if let Some(tx) = self.room_tx(room) {
             return Ok(Some(tx));
         }
+        if stanza.is_error() || stanza.kind == Kind::Iq && stanza.typ() == Some("result") {
+            return Ok(None); // answers for a room that is gone
+        }
         let Some(arc) = self.server.get().and_then(Weak::upgrade) else { return Ok(None) };
         let state = match server.storage.muc_room(room.as_str()).await? {
             Some(stored) => room::Room::load(arc, self.clone(), room.clone(), stored).await?,

@@ -128,7 +128,14 @@ pub struct Room {
     /// Has a row in `muc_rooms`.
     stored: bool,
     destroyed: bool,
+    /// Queries relayed to occupants, by the room's id: (asker, asker's id, occupant asked).
+    relayed: HashMap<String, (Jid, String, FullJid)>,
+    relay_order: VecDeque<String>,
+    relay_seq: u64,
 }
+
+/// Relayed queries remembered per room; an answer later than this many newer queries is lost.
+const MAX_RELAYED: usize = 256;
 
 /// How a removed occupant left, for the status codes of its unavailable presence.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -179,6 +186,9 @@ impl Room {
             created: true,
             stored: false,
             destroyed: false,
+            relayed: HashMap::new(),
+            relay_order: VecDeque::new(),
+            relay_seq: 0,
         }
     }
 
@@ -219,6 +229,9 @@ impl Room {
             created: false,
             stored: true,
             destroyed: false,
+            relayed: HashMap::new(),
+            relay_order: VecDeque::new(),
+            relay_seq: 0,
         })
     }
 
@@ -878,7 +891,7 @@ impl Room {
 
     async fn on_iq(&mut self, st: Stanza, from: Jid, nick: Option<String>) {
         if !matches!(st.typ(), Some("get") | Some("set")) {
-            return;
+            return self.relay_answer(st, from).await;
         }
         let Some(payload) = st.payload().cloned() else { return };
         if let Some(nick) = nick {
@@ -886,9 +899,9 @@ impl Room {
             let me = self.by_seat(&from);
             let r = match me {
                 None => Err(StanzaError::new(Condition::NotAcceptable).with_text("not an occupant")),
-                Some(i) if payload.is("ping", ns::PING) && self.occupants[i].nick == nick => Ok(None),
+                Some(i) if self.occupants[i].nick == nick && payload.is("ping", ns::PING) => Ok(None),
                 Some(_) if self.by_nick(&nick).is_none() => Err(StanzaError::new(Condition::ItemNotFound)),
-                Some(_) => Err(StanzaError::new(Condition::ServiceUnavailable).with_text("queries to occupants are not relayed")),
+                Some(i) => return self.relay(st, i, &nick).await,
             };
             return self.answer(&st, r).await;
         }
@@ -904,6 +917,50 @@ impl Room {
             _ => Err(Condition::ServiceUnavailable.into()),
         };
         self.answer(&st, r).await;
+    }
+
+    /// A query (vCard, software version...) addressed to `room/nick` goes to
+    /// that occupant's first session, from the asker's occupant JID, under an id of the room's;
+    /// the answer comes back to the asker the same way.
+    async fn relay(&mut self, st: Stanza, asker: usize, nick: &str) {
+        let Some(t) = self.by_nick(nick) else { return };
+        let (Some(from), Some(to)) =
+            (occupant_jid(&self.jid, &self.occupants[asker].nick), self.occupants[t].seats.first().map(|s| s.jid.clone()))
+        else {
+            return;
+        };
+        self.relay_seq += 1;
+        let id = format!("muc-relay-{}", self.relay_seq);
+        let (Some(asker_jid), Some(asker_id)) = (st.from.clone(), st.id().map(String::from)) else { return };
+        self.relayed.insert(id.clone(), (asker_jid, asker_id, to.clone()));
+        self.relay_order.push_back(id.clone());
+        while self.relay_order.len() > MAX_RELAYED {
+            if let Some(old) = self.relay_order.pop_front() {
+                self.relayed.remove(&old);
+            }
+        }
+        let mut el = st.el;
+        el.set_attr("from", from.to_string());
+        el.set_attr("to", to.to_string());
+        el.set_attr("id", id);
+        crate::router::route_element(&self.server, el).await;
+    }
+
+    /// The answer to a relayed query.
+    async fn relay_answer(&mut self, st: Stanza, from: Jid) {
+        let Some(id) = st.id() else { return };
+        let Some((asker, asker_id, answerer)) = self.relayed.remove(id) else { return };
+        if answerer.as_str() != from.as_str() {
+            self.relayed.insert(id.to_string(), (asker, asker_id, answerer));
+            return;
+        }
+        let Some(i) = self.by_seat(&from) else { return };
+        let Some(occupant) = occupant_jid(&self.jid, &self.occupants[i].nick) else { return };
+        let mut el = st.el;
+        el.set_attr("from", occupant.to_string());
+        el.set_attr("to", asker.to_string());
+        el.set_attr("id", asker_id);
+        crate::router::route_element(&self.server, el).await;
     }
 
     async fn answer(&self, st: &Stanza, r: Result<Option<Element>, StanzaError>) {
