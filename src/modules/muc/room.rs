@@ -96,6 +96,10 @@ struct Occupant {
     role: Role,
     /// The children of the occupant's last presence (show, status, caps), muc payloads removed.
     presence: Vec<Element>,
+    /// Its current presence as others see it, without and with its real JID: shared by every
+    /// newcomer's roster of occupants (a join would otherwise build N presences). Set by each
+    /// plain broadcast of its presence, cleared by any other.
+    shown: Option<[Arc<Outgoing>; 2]>,
 }
 
 struct History {
@@ -436,6 +440,7 @@ impl Room {
         own_codes.extend_from_slice(self_codes);
         own_codes.push(110);
         let own = Outgoing::to_each(self.presence_of(o, typ, true, &own_codes, item_extra));
+        self.occupants[i].shown = (typ.is_none() && codes.is_empty() && item_extra.is_empty()).then(|| [anon.clone(), named.clone()]);
         let sees: Vec<bool> = self.occupants.iter().map(|v| self.sees_jids(v)).collect();
         let server = self.server.clone();
         let mut vanished = Vec::new();
@@ -562,7 +567,7 @@ impl Room {
             }
             None => {
                 let role = self.default_role(aff);
-                self.occupants.push(Occupant { nick, real, seats: vec![seat], role, presence });
+                self.occupants.push(Occupant { nick, real, seats: vec![seat], role, presence, shown: None });
                 (self.occupants.len() - 1, true)
             }
         };
@@ -575,7 +580,10 @@ impl Room {
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, o)| Outgoing::to_each(self.presence_of(o, None, sees, &[], &[])))
+            .map(|(_, o)| match &o.shown {
+                Some(shown) => shown[sees as usize].clone(),
+                None => Outgoing::to_each(self.presence_of(o, None, sees, &[], &[])),
+            })
             .collect();
         let server = self.server.clone();
         for out in &others {
