@@ -789,6 +789,14 @@ impl Room {
                 Err(e) => tracing::error!(room = %self.jid, error = %e, "archiving a room message"),
             }
         }
+        if let Some(p) = pending {
+            // Committed before anyone sees its id: a client that syncs the room's archive after
+            // the newest id it holds must find that id.
+            if let Err(e) = p.wait().await {
+                tracing::error!(room = %self.jid, error = ?e, "archiving a room message");
+                el.retain_children(|c| !(c.is("stanza-id", mam::NS_SID) && c.get_attr("by") == Some(room.as_str())));
+            }
+        }
         let out = Outgoing::to_each(el);
         if keep && !is_subject {
             self.history.push_back(History { out: out.clone(), ts: crate::storage::now_micros() });
@@ -800,11 +808,6 @@ impl Room {
         if let Some(text) = subject.filter(|_| is_subject) {
             self.subject = Subject { text, by: nick, ts: crate::storage::now_micros() };
             self.store().await;
-        }
-        if let Some(p) = pending {
-            if let Err(e) = p.wait().await {
-                tracing::error!(room = %self.jid, error = ?e, "archiving a room message");
-            }
         }
     }
 
