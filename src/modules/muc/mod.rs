@@ -142,7 +142,15 @@ impl Service {
             };
             match tx.send(stanza).await {
                 Ok(()) => return,
-                Err(mpsc::error::SendError(back)) => stanza = back,
+                Err(mpsc::error::SendError(back)) => {
+                    // The room's task is gone (stopped, or failed): forget it if it is still
+                    // listed, so the next attempt starts the room again.
+                    let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+                    if rooms.get(&room).is_some_and(|(_, t)| t.same_channel(&tx)) {
+                        rooms.remove(&room);
+                    }
+                    stanza = back;
+                }
             }
         }
         tracing::warn!(%room, "room kept stopping; stanza dropped");

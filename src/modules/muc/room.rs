@@ -855,6 +855,10 @@ impl Room {
             let Some(to) = inv.get_attr("to").and_then(crate::jid::parse) else {
                 return self.send_error(st, StanzaError::new(Condition::JidMalformed).with_text("invite needs a 'to'")).await;
             };
+            if self.service.serves(to.domain().as_str()) {
+                // A room never waits on another room's (or its own) mailbox.
+                return self.send_error(st, StanzaError::new(Condition::NotAcceptable).with_text("rooms cannot be invited")).await;
+            }
             let reason = inv.find("reason", NS_USER).map(|r| r.text_content());
             let mut invite = Element::new("invite", NS_USER).attr("from", from.to_string());
             if let Some(r) = &reason {
@@ -885,7 +889,7 @@ impl Room {
     }
 
     async fn decline(&mut self, st: &Stanza, from: &Jid, d: &Element) {
-        let Some(to) = d.get_attr("to").and_then(crate::jid::parse) else { return };
+        let Some(to) = d.get_attr("to").and_then(crate::jid::parse).filter(|t| !self.service.serves(t.domain().as_str())) else { return };
         let mut decline = Element::new("decline", NS_USER).attr("from", from.to_bare().to_string());
         if let Some(r) = d.find("reason", NS_USER) {
             decline = decline.child(Element::new("reason", NS_USER).text(r.text_content()));
