@@ -373,7 +373,8 @@ impl Config {
             errors.push("c2s.mailbox_size: must be positive".into());
         }
         let service = format!("{}.example", self.muc.subdomain);
-        if self.muc.subdomain.is_empty() || !matches!(jid::BareJid::new(&service), Ok(j) if j.node().is_none() && j.domain().as_str() == service)
+        if self.muc.subdomain.is_empty()
+            || !matches!(jid::BareJid::new(&service), Ok(j) if j.node().is_none() && j.domain().as_str() == service)
         {
             errors.push(format!("muc.subdomain: {:?} is not a normalised domain label", self.muc.subdomain));
         }

@@ -16,6 +16,17 @@
 //! source addresses 127.0.0.1 .. 127.0.0.N (`--source-addrs`) so that many sessions get past
 //! the ephemeral port range, and RLIMIT_NOFILE is raised at start.
 //!
+//! Group chat (`room`) speaks plain XEP-0045 to any MUC service (`--service`, default
+//! conference.DOMAIN). Each room's first occupant creates it and accepts the default
+//! configuration (an instant room) if the service says it is new (status 201); then the others
+//! join, `--concurrency` at a time, each waiting for its own presence (status 110), all asking
+//! for no history. The join presences (N² per room) are drained before measuring: the owner sends
+//! one message, which the room relays after every presence it sent before, and each occupant
+//! waits for it; then the server is given time to go idle. During the measurement every occupant
+//! counts the senders' messages it receives, the senders' own echoes included, and their latency
+//! (the send time is in the body). Afterwards each owner destroys its room, which costs one
+//! presence per occupant where leaving one by one would cost N² again.
+//!
 //! Seeding the archive: by default the peers send the messages over XMPP to the online owner
 //! (every server archives them its own way). `--seed-db URL` (`sqlite:PATH` or
 //! `postgres://...`; `--seed-sqlite PATH` is `--seed-db sqlite:PATH`) instead inserts the rows
@@ -32,7 +43,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -55,6 +66,9 @@ use tokio::task::JoinHandle;
 const NS_MAM: &str = "urn:xmpp:mam:2";
 const NS_MAM_EXT: &str = "urn:xmpp:mam:2#extended";
 const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+const NS_MUC: &str = "http://jabber.org/protocol/muc";
+const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 
 /// Upper bounds on every count, so no run can be unbounded by mistake.
 const MAX_SESSIONS: usize = 250_000;
@@ -62,7 +76,11 @@ const MAX_COUNT: usize = 10_000_000;
 const MAX_SECONDS: u64 = 3600;
 
 #[derive(Parser)]
-#[command(name = "starling-bench", version, about = "XMPP load generator: idle, login, chat and archive scenarios (loopback servers only)")]
+#[command(
+    name = "starling-bench",
+    version,
+    about = "XMPP load generator: idle, login, chat, room and archive scenarios (loopback servers only)"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -135,6 +153,53 @@ enum Scenario {
         /// Seconds to wait for messages still in flight after sending stops.
         #[arg(long, default_value_t = 10)]
         drain: u64,
+    },
+    /// R group chats (XEP-0045) of N occupants each: senders post groupchat messages at a fixed
+    /// total rate (or at saturation) and every occupant counts and times what the room delivers.
+    Room {
+        #[command(flatten)]
+        t: Target,
+        /// Rooms, each created by its first occupant (an instant room).
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        /// Occupants per room: room k (from 0) holds accounts k*N+1 .. k*N+N; with fewer
+        /// accounts, they are used again under other resources.
+        #[arg(long)]
+        occupants: usize,
+        /// Total offered groupchat messages per second, all rooms together (each is delivered
+        /// to every occupant); 0 = saturation (see --window).
+        #[arg(long)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long)]
+        seconds: u64,
+        /// Occupants per room that send, spread evenly over the room (the rate is shared by
+        /// all senders of all rooms, each in turn).
+        #[arg(long, default_value_t = 10)]
+        senders: usize,
+        /// Messages in flight per sender at saturation (--rate 0); a message leaves the window
+        /// once the room's occupants have received one message's worth of deliveries.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Body size in bytes.
+        #[arg(long, default_value_t = 100)]
+        body: usize,
+        /// MUC service (default: conference.DOMAIN).
+        #[arg(long)]
+        service: Option<String>,
+        /// Room names are PREFIX + a random tag + "-k" (a-z, 0-9, '-' and '_' only).
+        #[arg(long, default_value = "bench")]
+        room_prefix: String,
+        /// Logins and joins in flight while setting up.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Seconds to wait for deliveries still in flight after sending stops.
+        #[arg(long, default_value_t = 10)]
+        drain: u64,
+        /// At most this many seconds to wait for the server to go idle after the joins (before
+        /// measuring) and after the rooms are destroyed (before the next run).
+        #[arg(long, default_value_t = 60)]
+        settle: u64,
     },
     /// Seed an account's archive, then time MAM queries (urn:xmpp:mam:2): a 50-message page,
     /// a `with` query and an `after-id` sync query.
@@ -1191,6 +1256,672 @@ async fn chat(a: ChatArgs) -> Value {
     result
 }
 
+// ---------------------------------------------------------------------------------------------
+// Group chat (XEP-0045)
+
+struct RoomArgs {
+    rooms: usize,
+    occupants: usize,
+    rate: f64,
+    seconds: u64,
+    senders: usize,
+    window: usize,
+    body: usize,
+    service: Option<String>,
+    room_prefix: String,
+    concurrency: usize,
+    drain: u64,
+    settle: u64,
+}
+
+/// One room as its occupants' tasks and the run share it.
+struct RoomState {
+    /// room@service.
+    jid: String,
+    /// Occupants it holds once set up: the deliveries each message makes.
+    occupants: u64,
+    /// Groupchat messages written into it during the measurement.
+    sent: AtomicU64,
+    /// Measured messages received by its occupants (the senders' own echoes included).
+    received: AtomicU64,
+    /// When the last of them arrived (µs on the `now_us` clock).
+    last_us: AtomicU64,
+    /// Occupants whose join succeeded.
+    joined: AtomicUsize,
+    /// Presences from the room received by its occupants.
+    presences: AtomicU64,
+    /// Occupants that received the sync message, which the room sent after every join
+    /// presence: they have drained the join flood.
+    synced: AtomicUsize,
+    /// Occupants that received their own unavailable presence once the room was destroyed.
+    left: AtomicUsize,
+    /// The owner's destroy request was refused.
+    destroy_refused: AtomicBool,
+    /// At saturation, the messages the room's senders may still put in flight: a permit comes
+    /// back each time the occupants have received `occupants` more deliveries.
+    window: Semaphore,
+    /// Error stanzas from the room after joining, and sessions the server closed.
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl RoomState {
+    fn error(&self, e: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap();
+        if first.is_none() {
+            eprintln!("starling-bench: {e}");
+            *first = Some(e);
+        }
+    }
+}
+
+/// Start and end of the measurement, sent to the writers when the rooms are ready.
+type SendWindow = Option<(tokio::time::Instant, tokio::time::Instant)>;
+
+/// What a sending occupant sends during the measurement.
+struct SendPlan {
+    room: Arc<RoomState>,
+    /// Message ids are g{id}-{seq}.
+    id: usize,
+    /// Interval between its messages at a fixed rate; None at saturation.
+    period: Option<Duration>,
+    /// Its first message is this long after the start (the senders take turns).
+    offset: Duration,
+    pad: Arc<str>,
+}
+
+/// Where a sender reports (messages written, write error) once its sending is over.
+type SendDone = tokio::sync::oneshot::Sender<(u64, Option<String>)>;
+
+/// One occupant as the run holds it: its outgoing queue and its two tasks.
+struct Occupant {
+    out: tokio::sync::mpsc::UnboundedSender<String>,
+    reader: JoinHandle<Vec<u64>>,
+    writer: JoinHandle<()>,
+}
+
+/// The condition and text of an error stanza ("item-not-found: text"), or the stanza itself.
+fn stanza_error(e: &Element) -> String {
+    let Some(err) = e.find("error", ns::CLIENT) else { return e.to_string() };
+    let cond = err.elements().find(|c| c.ns == ns::STANZA_ERRORS && c.name != "text").map(|c| c.name.clone());
+    let text = err.find("text", ns::STANZA_ERRORS).map(|t| t.text_content());
+    match (cond, text) {
+        (Some(c), Some(t)) => format!("{c} ({t})"),
+        (Some(c), None) => c,
+        _ => e.to_string(),
+    }
+}
+
+/// Read one occupant's stream for the whole run: its join (and the instant-room form if the join
+/// created the room), the room's presences and messages, the server's requests. Reports the join
+/// on `joined` (Ok(true) when it created the room) and returns the latencies of the measured
+/// deliveries in µs.
+async fn occupant_reader(
+    mut rd: Reader,
+    room: Arc<RoomState>,
+    me: String,
+    out: tokio::sync::mpsc::UnboundedSender<String>,
+    joined: tokio::sync::oneshot::Sender<Result<bool, String>>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<u64> {
+    let mut joined = Some(joined);
+    let mut form_sent = false;
+    let mut synced = false;
+    let mut lat = Vec::new();
+    let ended = loop {
+        let e = tokio::select! {
+            ev = rd.next() => match ev {
+                Ok(XmlEvent::Element(e)) if e.is("error", ns::STREAM) => break Some(format!("stream error: {e}")),
+                Ok(XmlEvent::Element(e)) => e,
+                Ok(XmlEvent::StreamOpen(_)) => continue,
+                Ok(XmlEvent::StreamClose) => break Some("server closed the stream".to_string()),
+                Err(e) => break Some(format!("read: {e}")),
+            },
+            _ = stop.changed() => break None,
+        };
+        let from = e.get_attr("from").unwrap_or("");
+        let in_room = from.split('/').next().is_some_and(|b| b.eq_ignore_ascii_case(&room.jid));
+        let ty = e.get_attr("type");
+        match e.name.as_str() {
+            "presence" if in_room => {
+                room.presences.fetch_add(1, Ordering::Relaxed);
+                if ty == Some("error") {
+                    match joined.take() {
+                        Some(j) => {
+                            let _ = j.send(Err(format!("join refused: {}", stanza_error(&e))));
+                        }
+                        None => room.error(format!("{me}: presence error: {}", stanza_error(&e))),
+                    }
+                    continue;
+                }
+                let x = e.find("x", NS_MUC_USER);
+                let status = |code: &str| x.is_some_and(|x| x.elements().any(|s| s.name == "status" && s.get_attr("code") == Some(code)));
+                // Status 110 marks the occupant's own presence (XEP-0045 section 7.2.2).
+                if !(status("110") || from == me) {
+                    continue;
+                }
+                if ty == Some("unavailable") {
+                    room.left.fetch_add(1, Ordering::Relaxed);
+                } else if joined.is_some() && !form_sent {
+                    if status("201") {
+                        // A new room stays locked until its owner configures it; accept the
+                        // default configuration (an instant room, section 10.1.2).
+                        form_sent = true;
+                        let _ = out.send(format!(
+                            "<iq type='set' id='instant' to='{}'><query xmlns='{NS_MUC_OWNER}'><x xmlns='jabber:x:data' type='submit'/></query></iq>",
+                            room.jid
+                        ));
+                    } else if let Some(j) = joined.take() {
+                        let _ = j.send(Ok(false));
+                    }
+                }
+            }
+            "iq" => match ty {
+                Some("get") | Some("set") => {
+                    let id = starling::xml::escape(e.get_attr("id").unwrap_or(""));
+                    let _ = out.send(match e.get_attr("from") {
+                        Some(f) => format!("<iq type='result' id='{id}' to='{}'/>", starling::xml::escape(f)),
+                        None => format!("<iq type='result' id='{id}'/>"),
+                    });
+                }
+                Some(t) => match e.get_attr("id") {
+                    Some("instant") if form_sent => {
+                        if let Some(j) = joined.take() {
+                            let _ =
+                                j.send(if t == "result" { Ok(true) } else { Err(format!("instant room refused: {}", stanza_error(&e))) });
+                        }
+                    }
+                    Some("destroy") if t == "error" => {
+                        room.destroy_refused.store(true, Ordering::Relaxed);
+                        room.error(format!("destroy refused: {}", stanza_error(&e)));
+                    }
+                    _ => {}
+                },
+                None => {}
+            },
+            "message" if in_room => {
+                if ty == Some("error") {
+                    room.error(format!("{me}: message error: {}", stanza_error(&e)));
+                    continue;
+                }
+                if ty != Some("groupchat") {
+                    continue;
+                }
+                let Some(body) = e.find("body", ns::CLIENT).map(|b| b.text_content()) else { continue };
+                if let Some(t) = body.strip_prefix("bench ").and_then(|r| r.split(' ').next()).and_then(|t| t.parse::<u64>().ok()) {
+                    let now = now_us();
+                    lat.push(now.saturating_sub(t));
+                    room.last_us.fetch_max(now, Ordering::Relaxed);
+                    if (room.received.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(room.occupants.max(1)) {
+                        room.window.add_permits(1);
+                    }
+                } else if !synced && body.starts_with("sync ") {
+                    synced = true;
+                    room.synced.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+    };
+    if let Some(why) = ended {
+        match joined.take() {
+            Some(j) => {
+                let _ = j.send(Err(why));
+            }
+            None => room.error(format!("{me}: {why}")),
+        }
+    }
+    lat
+}
+
+/// Write one occupant's stream: what its reader and the run queue (join, forms, replies, sync,
+/// destroy) and, for a sender, its groupchat messages during the measurement. Closes the stream
+/// once every handle on the queue is gone.
+async fn occupant_writer(
+    mut wr: Writer,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    plan: Option<(SendPlan, SendDone)>,
+    mut go: watch::Receiver<SendWindow>,
+) {
+    let mut ok = true;
+    if let Some((plan, done)) = plan {
+        let (sent, err) = send_groupchat(&mut wr, &mut rx, &plan, &mut go).await;
+        ok = err.is_none();
+        let _ = done.send((sent, err));
+    }
+    while ok {
+        match rx.recv().await {
+            Some(s) => ok = write(&mut wr, &s).await.is_ok(),
+            None => break,
+        }
+    }
+    let _ = wr.write_all(b"</stream:stream>").await;
+    let _ = wr.shutdown().await;
+}
+
+/// A sender's part of the measurement: its queue is still served meanwhile. Returns (messages
+/// written, write error).
+async fn send_groupchat(
+    wr: &mut Writer,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    plan: &SendPlan,
+    go: &mut watch::Receiver<SendWindow>,
+) -> (u64, Option<String>) {
+    let (start, end) = loop {
+        tokio::select! {
+            biased;
+            s = rx.recv() => match s {
+                Some(s) => if let Err(e) = write(wr, &s).await { return (0, Some(e)) },
+                None => return (0, None),
+            },
+            r = go.changed() => {
+                if r.is_err() {
+                    return (0, None);
+                }
+                let w = *go.borrow_and_update();
+                if let Some(w) = w {
+                    break w;
+                }
+            }
+        }
+    };
+    let room = &plan.room;
+    let msg = |seq: u64| {
+        format!(
+            "<message to='{}' type='groupchat' id='g{}-{seq}'><body>bench {} {seq} {}</body></message>",
+            room.jid,
+            plan.id,
+            now_us(),
+            plan.pad
+        )
+    };
+    let mut sent = 0u64;
+    let deadline = tokio::time::sleep_until(end);
+    tokio::pin!(deadline);
+    let mut iv = plan.period.map(|p| {
+        let mut iv = tokio::time::interval_at(start + plan.offset, p);
+        iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        iv
+    });
+    let first = tokio::time::sleep_until(start + plan.offset);
+    tokio::pin!(first);
+    let mut started = false;
+    loop {
+        tokio::select! {
+            biased;
+            s = rx.recv() => match s {
+                Some(s) => if let Err(e) = write(wr, &s).await { return (sent, Some(e)) },
+                None => return (sent, None),
+            },
+            _ = &mut deadline => break,
+            at = async {
+                match iv.as_mut() {
+                    Some(iv) => iv.tick().await,
+                    None => std::future::pending().await,
+                }
+            }, if iv.is_some() => {
+                if at >= end {
+                    break;
+                }
+                if let Err(e) = write(wr, &msg(sent)).await {
+                    return (sent, Some(e));
+                }
+                sent += 1;
+                room.sent.fetch_add(1, Ordering::Relaxed);
+            }
+            _ = &mut first, if iv.is_none() && !started => started = true,
+            p = room.window.acquire(), if iv.is_none() && started => {
+                match p {
+                    Ok(p) => p.forget(),
+                    Err(_) => break,
+                }
+                if let Err(e) = write(wr, &msg(sent)).await {
+                    return (sent, Some(e));
+                }
+                sent += 1;
+                room.sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    (sent, None)
+}
+
+/// Log one occupant in, start its tasks and join its room; wait for the self-presence (and, for
+/// the room's creator, the answer to the instant-room form). Ok(true) when it created the room.
+/// On failure the occupant is handed back too, if it got that far, to be closed with the rest.
+async fn occupant_up(
+    user: String,
+    resource: String,
+    room: Arc<RoomState>,
+    nick: String,
+    plan: Option<(SendPlan, SendDone)>,
+    go: watch::Receiver<SendWindow>,
+    stop: watch::Receiver<bool>,
+) -> Result<(Occupant, bool), (Option<Occupant>, String)> {
+    let s = login(&user, &resource).await.map_err(|e| (None, format!("{user}/{resource}: {e}")))?;
+    let me = format!("{}/{nick}", room.jid);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let writer = tokio::spawn(occupant_writer(s.wr, rx, plan, go));
+    let (jtx, jrx) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn(occupant_reader(s.rd, room.clone(), me.clone(), tx.clone(), jtx, stop));
+    // No discussion history: the join's own presences are all that it costs.
+    let _ = tx.send(format!("<presence to='{me}'><x xmlns='{NS_MUC}'><history maxstanzas='0'/></x></presence>"));
+    let occ = Occupant { out: tx, reader, writer };
+    match tokio::time::timeout(step(), jrx).await {
+        Ok(Ok(Ok(created))) => {
+            room.joined.fetch_add(1, Ordering::Relaxed);
+            Ok((occ, created))
+        }
+        Ok(Ok(Err(e))) => Err((Some(occ), format!("{user}/{resource} joining {me}: {e}"))),
+        Ok(Err(_)) => Err((Some(occ), format!("{user}/{resource} joining {me}: the reader stopped"))),
+        Err(_) => Err((Some(occ), format!("{user}/{resource} joining {me}: no self-presence within {} s", ctx().t.step_timeout))),
+    }
+}
+
+/// Wait until the server has used under 5% of a core for half a second, `max` at most, so that
+/// what a burst left behind (the join presences, a teardown) is not counted in what follows.
+/// Returns the seconds waited.
+async fn settle_server(pid: Option<u32>, max: Duration) -> f64 {
+    let t0 = Instant::now();
+    let Some(mut last) = proc_cpu_s(pid) else { return 0.0 };
+    while t0.elapsed() < max {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(now) = proc_cpu_s(pid) else { break };
+        if now - last < 0.025 {
+            break;
+        }
+        last = now;
+    }
+    round(t0.elapsed().as_secs_f64(), 1)
+}
+
+/// Destroy the rooms (their owners ask; the room then sends each occupant one unavailable
+/// presence, where leaving one by one would cost a presence to every other occupant each), close
+/// every stream, and wait for the server to go idle. Returns the latencies the readers collected.
+async fn rooms_down(
+    occupants: Vec<Vec<Option<Occupant>>>,
+    rooms: &[Arc<RoomState>],
+    stop: watch::Sender<bool>,
+    settle: Duration,
+) -> Vec<u64> {
+    let pid = ctx().t.server_pid;
+    for (k, occ) in occupants.iter().enumerate() {
+        if let Some(Some(owner)) = occ.first() {
+            let _ = owner
+                .out
+                .send(format!("<iq type='set' id='destroy' to='{}'><query xmlns='{NS_MUC_OWNER}'><destroy/></query></iq>", rooms[k].jid));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline
+        && rooms
+            .iter()
+            .any(|r| !r.destroy_refused.load(Ordering::Relaxed) && r.left.load(Ordering::Relaxed) < r.joined.load(Ordering::Relaxed))
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
+    let mut lat = Vec::new();
+    let mut writers = Vec::new();
+    for o in occupants.into_iter().flatten().flatten() {
+        let Occupant { out, reader, writer } = o;
+        drop(out);
+        if let Ok(Ok(v)) = tokio::time::timeout(Duration::from_secs(5), reader).await {
+            lat.extend(v);
+        }
+        writers.push(writer);
+    }
+    for w in writers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), w).await;
+    }
+    settle_server(pid, settle).await;
+    lat
+}
+
+async fn room(a: RoomArgs) -> Value {
+    let c = ctx();
+    let pid = c.t.server_pid;
+    let (nr, n) = (a.rooms, a.occupants);
+    let s_per_room = a.senders.clamp(1, n.max(1));
+    let what = format!("{nr} room{} of {n} occupants", if nr == 1 { "" } else { "s" });
+    let case = if a.rate > 0.0 {
+        format!("room, {what}, {} msg/s offered ({} deliveries/s), {} s", a.rate, a.rate * n as f64, a.seconds)
+    } else {
+        format!("room, {what}, saturation ({s_per_room} senders per room, window {}), {} s", a.window, a.seconds)
+    };
+    let mut m = base("room", case);
+    let service = a.service.clone().unwrap_or_else(|| format!("conference.{}", c.t.domain));
+    m.insert("service".into(), json!(service));
+    m.insert("rooms".into(), json!(nr));
+    m.insert("occupants".into(), json!(n));
+    m.insert("senders_per_room".into(), json!(s_per_room));
+    m.insert("offered_rate".into(), json!(a.rate));
+    m.insert("offered_deliveries_per_s".into(), json!(a.rate * n as f64));
+    m.insert("seconds".into(), json!(a.seconds));
+    m.insert("grace_s".into(), json!(a.drain));
+    m.insert("body_bytes".into(), json!(a.body));
+    let total = nr * n;
+    if total == 0 || c.t.accounts == 0 {
+        m.insert("error".into(), json!(format!("no occupants: {nr} rooms of {n}, {} accounts", c.t.accounts)));
+        return finish(m);
+    }
+    let per_account = total.div_ceil(c.t.accounts);
+    m.insert("resources_per_account".into(), json!(per_account));
+    let tag: String = rand::thread_rng().sample_iter(&Alphanumeric).take(6).map(|b| (b as char).to_ascii_lowercase()).collect();
+    let rooms: Vec<Arc<RoomState>> = (0..nr)
+        .map(|k| {
+            Arc::new(RoomState {
+                jid: format!("{}{tag}-{k}@{service}", a.room_prefix),
+                occupants: n as u64,
+                sent: AtomicU64::new(0),
+                received: AtomicU64::new(0),
+                last_us: AtomicU64::new(0),
+                joined: AtomicUsize::new(0),
+                presences: AtomicU64::new(0),
+                synced: AtomicUsize::new(0),
+                left: AtomicUsize::new(0),
+                destroy_refused: AtomicBool::new(false),
+                window: Semaphore::new(if a.rate > 0.0 { 0 } else { a.window.max(1) * s_per_room }),
+                errors: AtomicU64::new(0),
+                first_error: Mutex::new(None),
+            })
+        })
+        .collect();
+    m.insert("room_jids".into(), json!(rooms.iter().take(3).map(|r| r.jid.clone()).collect::<Vec<_>>()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (go_tx, go_rx) = watch::channel::<SendWindow>(None);
+    let pad: Arc<str> = "x".repeat(a.body.saturating_sub(30)).into();
+    let mut done_rx = Vec::new();
+    // Occupant j of room k sends if it is one of the room's senders, spread evenly over it.
+    let mut plan = |k: usize, j: usize| -> Option<(SendPlan, SendDone)> {
+        let i = (0..s_per_room).find(|i| i * n / s_per_room == j)?;
+        let id = k * s_per_room + i;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        done_rx.push(rx);
+        let all = (nr * s_per_room) as f64;
+        let plan = SendPlan {
+            room: rooms[k].clone(),
+            id,
+            period: (a.rate > 0.0).then(|| Duration::from_secs_f64(all / a.rate)),
+            offset: if a.rate > 0.0 { Duration::from_secs_f64(id as f64 / a.rate) } else { Duration::ZERO },
+            pad: pad.clone(),
+        };
+        Some((plan, tx))
+    };
+    let who = |k: usize, j: usize| {
+        let g = k * n + j;
+        (account(g % c.t.accounts + 1), format!("room{}", g / c.t.accounts), format!("u{j}"))
+    };
+    let (rss0, pss0) = proc_mem_kib(pid);
+    let cpu_setup0 = proc_cpu_s(pid);
+    let t_setup = Instant::now();
+    let mut occupants: Vec<Vec<Option<Occupant>>> = (0..nr).map(|_| (0..n).map(|_| None).collect()).collect();
+    let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
+    // The creators first, then the others: an occupant joining a room still locked would be
+    // refused (XEP-0045 section 10.1.1).
+    let mut failures = 0usize;
+    let mut first_err: Option<String> = None;
+    for phase in 0..2 {
+        let mut tasks = Vec::new();
+        let js: Vec<usize> = if phase == 0 { vec![0] } else { (1..n).collect() };
+        // Rooms fill side by side.
+        for &j in &js {
+            for (k, room) in rooms.iter().enumerate() {
+                let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+                let (user, res, nick) = who(k, j);
+                let up = occupant_up(user, res, room.clone(), nick, plan(k, j), go_rx.clone(), stop_rx.clone());
+                tasks.push((
+                    k,
+                    j,
+                    tokio::spawn(async move {
+                        let r = up.await;
+                        drop(permit);
+                        r
+                    }),
+                ));
+            }
+        }
+        for (k, j, t) in tasks {
+            match t.await {
+                Ok(Ok((o, created))) => {
+                    occupants[k][j] = Some(o);
+                    if phase == 0 && !created {
+                        // It was there already (a name clash, or the server keeps rooms): fine.
+                        m.insert("note".into(), json!(format!("room {} existed before the run", rooms[k].jid)));
+                    }
+                }
+                Ok(Err((o, e))) => {
+                    occupants[k][j] = o;
+                    failures += 1;
+                    if first_err.is_none() {
+                        eprintln!("starling-bench: {e}");
+                        first_err = Some(e);
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    first_err.get_or_insert_with(|| format!("task: {e}"));
+                }
+            }
+        }
+        if failures > 0 {
+            break;
+        }
+    }
+    let joined: usize = rooms.iter().map(|r| r.joined.load(Ordering::Relaxed)).sum();
+    m.insert("occupants_joined".into(), json!(joined));
+    m.insert("join_s".into(), json!(round(t_setup.elapsed().as_secs_f64(), 2)));
+    if failures > 0 {
+        let e = first_err.unwrap_or_default();
+        let msg = if joined == 0 {
+            format!("could not create the room: {e}")
+        } else {
+            format!("{failures} of {total} occupants could not join: {e}")
+        };
+        m.insert("error".into(), json!(msg));
+        drop(go_tx);
+        rooms_down(occupants, &rooms, stop_tx, Duration::from_secs(a.settle)).await;
+        return finish(m);
+    }
+    // Every join's presences reach every occupant; a message the room sends after the last join
+    // reaches each occupant after all of them.
+    for (k, occ) in occupants.iter().enumerate() {
+        if let Some(Some(o)) = occ.first() {
+            let _ = o.out.send(format!("<message to='{}' type='groupchat' id='sync'><body>sync {tag}</body></message>", rooms[k].jid));
+        }
+    }
+    let deadline = Instant::now() + step();
+    let synced = || rooms.iter().map(|r| r.synced.load(Ordering::Relaxed)).sum::<usize>();
+    while synced() < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m.insert("join_presences".into(), json!(rooms.iter().map(|r| r.presences.load(Ordering::Relaxed)).sum::<u64>()));
+    if synced() < total {
+        m.insert(
+            "error".into(),
+            json!(format!("only {} of {total} occupants drained the join presences within {} s", synced(), c.t.step_timeout)),
+        );
+        drop(go_tx);
+        rooms_down(occupants, &rooms, stop_tx, Duration::from_secs(a.settle)).await;
+        return finish(m);
+    }
+    m.insert("settle_s".into(), json!(settle_server(pid, Duration::from_secs(a.settle)).await));
+    if let (Some(x), Some(y)) = (cpu_setup0, proc_cpu_s(pid)) {
+        m.insert("server_cpu_s_join".into(), json!(round(y - x, 3)));
+    }
+    let (rss1, pss1) = proc_mem_kib(pid);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let cpu0 = proc_cpu_s(pid);
+    let other = OtherLoad::start(pid);
+    let start = tokio::time::Instant::now() + Duration::from_millis(100);
+    let start_us = now_us() + 100_000;
+    let end = start + Duration::from_secs(a.seconds);
+    let _ = go_tx.send(Some((start, end)));
+    let mut send_err = None;
+    for rx in done_rx {
+        if let Ok(Ok((_, e))) = tokio::time::timeout_at(end + step(), rx).await {
+            if send_err.is_none() {
+                send_err = e;
+            }
+        }
+    }
+    let sent: u64 = rooms.iter().map(|r| r.sent.load(Ordering::Relaxed)).sum();
+    let expected: u64 = rooms.iter().map(|r| r.sent.load(Ordering::Relaxed) * r.occupants).sum();
+    let received = || rooms.iter().map(|r| r.received.load(Ordering::Relaxed)).sum::<u64>();
+    let drain_deadline = Instant::now() + Duration::from_secs(a.drain);
+    while received() < expected && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu1 = proc_cpu_s(pid);
+    let delivered = received();
+    m.insert("other_cpu_cores".into(), other.cores(pid));
+    let (rss2, pss2) = proc_mem_kib(pid);
+    let last_us = rooms.iter().map(|r| r.last_us.load(Ordering::Relaxed)).max().unwrap_or(0);
+    let errors: u64 = rooms.iter().map(|r| r.errors.load(Ordering::Relaxed)).sum();
+    let first_room_error = rooms.iter().find_map(|r| r.first_error.lock().unwrap().clone());
+
+    let t_down = Instant::now();
+    let mut lat = rooms_down(occupants, &rooms, stop_tx, Duration::from_secs(a.settle)).await;
+    m.insert("teardown_s".into(), json!(round(t_down.elapsed().as_secs_f64(), 1)));
+    lat.sort_unstable();
+    m.insert("sent".into(), json!(sent));
+    m.insert("deliveries_expected".into(), json!(expected));
+    m.insert("delivered".into(), json!(delivered));
+    m.insert("lost".into(), json!(expected.saturating_sub(delivered)));
+    m.insert("send_rate".into(), json!(round(sent as f64 / a.seconds.max(1) as f64, 1)));
+    if last_us > start_us {
+        m.insert("deliveries_per_s".into(), json!(round(delivered as f64 * 1e6 / (last_us - start_us) as f64, 1)));
+    }
+    if let Some(e) = send_err {
+        m.insert("send_error".into(), json!(e));
+    }
+    m.insert("room_errors".into(), json!(errors));
+    if let Some(e) = first_room_error {
+        m.insert("first_room_error".into(), json!(e));
+    }
+    m.insert("latency_p50_ms".into(), ms(quantile(&lat, 0.5)));
+    m.insert("latency_p99_ms".into(), ms(quantile(&lat, 0.99)));
+    m.insert("latency_max_ms".into(), ms(lat.last().copied()));
+    if let (Some(x), Some(y)) = (cpu0, cpu1) {
+        m.insert("server_cpu_s".into(), json!(round(y - x, 3)));
+        if delivered > 0 {
+            m.insert("server_cpu_s_per_1000".into(), json!(round((y - x) * 1000.0 / delivered as f64, 4)));
+        }
+    }
+    for (k, v) in [("rss_before_kib", rss0), ("rss_rooms_kib", rss1), ("rss_after_kib", rss2)] {
+        m.insert(k.into(), json!(v));
+    }
+    for (k, v) in [("pss_before_kib", pss0), ("pss_rooms_kib", pss1), ("pss_after_kib", pss2)] {
+        m.insert(k.into(), json!(v));
+    }
+    if sent == 0 || delivered == 0 {
+        m.insert("error".into(), json!(format!("{sent} messages sent, {delivered} delivered")));
+    }
+    finish(m)
+}
+
 /// One MAM query; returns (messages received, RSM first, RSM last, RSM count, elapsed µs).
 async fn mam_query(
     s: &mut Session,
@@ -1743,6 +2474,30 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, i8)] {
             ("server_cpu_s_per_1000", "server CPU per 1,000 messages, s", -1),
             ("other_cpu_cores", "other processes' CPU meanwhile, cores", 0),
         ],
+        "room" => &[
+            ("occupants_joined", "occupants joined", 0),
+            ("join_s", "time to log in and join all occupants, s", -1),
+            ("join_presences", "presences received while joining", 0),
+            ("server_cpu_s_join", "server CPU to log in and join all occupants, s", -1),
+            ("sent", "messages sent", 0),
+            ("deliveries_expected", "deliveries expected (messages × occupants)", 0),
+            ("delivered", "deliveries received", 0),
+            ("lost", "not received by the end of the grace time (lost or late)", -1),
+            ("send_rate", "achieved send rate, msg/s", 0),
+            ("deliveries_per_s", "deliveries per second", 1),
+            ("latency_p50_ms", "latency p50, ms", -1),
+            ("latency_p99_ms", "latency p99, ms", -1),
+            ("latency_max_ms", "latency max, ms", -1),
+            ("server_cpu_s_per_1000", "server CPU per 1,000 deliveries, s", -1),
+            ("room_errors", "error stanzas from the room, lost sessions", -1),
+            ("first_room_error", "first of them", 0),
+            ("send_error", "send error", 0),
+            ("rss_rooms_kib", "RSS with the rooms up, KiB", 0),
+            ("pss_rooms_kib", "PSS with the rooms up, KiB", 0),
+            ("rss_after_kib", "RSS after sending, KiB", 0),
+            ("pss_after_kib", "PSS after sending, KiB", 0),
+            ("other_cpu_cores", "other processes' CPU meanwhile, cores", 0),
+        ],
         "archive" => &[
             ("archive_count", "messages in the archive (RSM count)", 0),
             ("archive_rows_sql", "owner's rows in the database after seeding (SQL count)", 0),
@@ -1783,6 +2538,8 @@ const HEADLINE: &[(&str, &str, &str)] = &[
     ("login", "server_cpu_ms_per_login", "server CPU per login, ms"),
     ("chat", "server_cpu_s_per_1000", "server CPU per 1,000 messages, s"),
     ("chat", "latency_p99_ms", "message latency p99, ms"),
+    ("room", "server_cpu_s_per_1000", "server CPU per 1,000 room deliveries, s"),
+    ("room", "latency_p99_ms", "room delivery latency p99, ms"),
     ("archive", "page_p99_ms", "50-message archive page p99, ms"),
     ("archive", "with_p99_ms", "archive `with` query p99, ms"),
     ("archive", "after_p99_ms", "archive `after-id` sync query p99, ms"),
@@ -1944,15 +2701,28 @@ fn main() -> std::process::ExitCode {
                 }
             };
         }
-        Scenario::Idle { ref t, .. } | Scenario::Login { ref t, .. } | Scenario::Chat { ref t, .. } | Scenario::Archive { ref t, .. } => {
-            (t.clone(), cli.scenario)
-        }
+        Scenario::Idle { ref t, .. }
+        | Scenario::Login { ref t, .. }
+        | Scenario::Chat { ref t, .. }
+        | Scenario::Room { ref t, .. }
+        | Scenario::Archive { ref t, .. } => (t.clone(), cli.scenario),
     };
     let bounds = match &scenario {
         Scenario::Idle { sessions, .. } => sessions.iter().all(|n| *n <= MAX_SESSIONS),
         Scenario::Login { count, .. } => *count <= MAX_COUNT,
         Scenario::Chat { pairs, seconds, rate, .. } => {
             pairs * 2 <= MAX_SESSIONS && *seconds <= MAX_SECONDS && rate.is_finite() && *rate >= 0.0
+        }
+        Scenario::Room { rooms, occupants, rate, seconds, drain, settle, room_prefix, .. } => {
+            *rooms >= 1
+                && *occupants >= 1
+                && rooms.saturating_mul(*occupants) <= MAX_SESSIONS
+                && *seconds <= MAX_SECONDS
+                && *drain <= MAX_SECONDS
+                && *settle <= MAX_SECONDS
+                && rate.is_finite()
+                && *rate >= 0.0
+                && room_prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         }
         Scenario::Archive { messages, queries, .. } => *messages <= MAX_COUNT && *queries <= MAX_COUNT,
         Scenario::Report { .. } => true,
@@ -1983,6 +2753,37 @@ fn main() -> std::process::ExitCode {
                 Scenario::Login { count, concurrency, .. } => login_scenario(count, concurrency).await,
                 Scenario::Chat { pairs, rate, seconds, window, body, background, resources, concurrency, drain, .. } => {
                     chat(ChatArgs { pairs, rate, seconds, window, body, background, resources, concurrency, drain }).await
+                }
+                Scenario::Room {
+                    rooms,
+                    occupants,
+                    rate,
+                    seconds,
+                    senders,
+                    window,
+                    body,
+                    service,
+                    room_prefix,
+                    concurrency,
+                    drain,
+                    settle,
+                    ..
+                } => {
+                    room(RoomArgs {
+                        rooms,
+                        occupants,
+                        rate,
+                        seconds,
+                        senders,
+                        window,
+                        body,
+                        service,
+                        room_prefix,
+                        concurrency,
+                        drain,
+                        settle,
+                    })
+                    .await
                 }
                 Scenario::Archive {
                     messages,
