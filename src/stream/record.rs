@@ -37,6 +37,11 @@ const SEAL_OVERHEAD: usize = HEADER + 8 + 1 + TAG;
 /// Bytes read from the socket at once (records longer than what is left are finished in
 /// `partial`), and the largest plaintext sealed on the stack.
 const READ_SIZE: usize = 4096;
+
+thread_local! {
+    /// Where records are sealed before they go to the socket (see `poll_write`).
+    static SEAL_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 /// Key updates answered in a row without application data between them; more is a flood.
 const MAX_KEY_UPDATES: u8 = 32;
 
@@ -535,31 +540,29 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
             return Poll::Ready(Ok(0));
         }
         let n = buf.len().min(MAX_PLAIN);
-        // Most stanzas fit the stack; a bigger record is sealed in a short-lived heap buffer.
-        let mut small = [0u8; READ_SIZE + SEAL_OVERHEAD];
-        let mut big = Vec::new();
-        let out: &mut [u8] = if n <= READ_SIZE {
-            &mut small
-        } else {
-            big.resize(n + SEAL_OVERHEAD, 0);
-            &mut big
-        };
-        let len = this.seal(CT_APPLICATION_DATA, &buf[..n], out)?;
-        if this.unsent.is_empty() {
-            match Pin::new(&mut this.io).poll_write(cx, &out[..len]) {
-                Poll::Ready(Ok(w)) if w >= len => return Poll::Ready(Ok(n)),
-                Poll::Ready(Ok(w)) => this.unsent.extend_from_slice(&out[w..len]),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => this.unsent.extend_from_slice(&out[..len]),
+        // Sealed in the thread's scratch buffer: nothing held per connection, nothing zeroed
+        // per record.
+        SEAL_SCRATCH.with_borrow_mut(|out| {
+            if out.len() < n + SEAL_OVERHEAD {
+                out.resize(n + SEAL_OVERHEAD, 0);
             }
-        } else {
-            // A key update was queued ahead of this record.
-            this.unsent.extend_from_slice(&out[..len]);
-            let _ = this.poll_drain(cx)?;
-        }
-        // The plaintext is taken; what the socket did not accept yet waits in `unsent`, and
-        // the next write or flush sends it first.
-        Poll::Ready(Ok(n))
+            let len = this.seal(CT_APPLICATION_DATA, &buf[..n], out)?;
+            if this.unsent.is_empty() {
+                match Pin::new(&mut this.io).poll_write(cx, &out[..len]) {
+                    Poll::Ready(Ok(w)) if w >= len => return Poll::Ready(Ok(n)),
+                    Poll::Ready(Ok(w)) => this.unsent.extend_from_slice(&out[w..len]),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => this.unsent.extend_from_slice(&out[..len]),
+                }
+            } else {
+                // A key update was queued ahead of this record.
+                this.unsent.extend_from_slice(&out[..len]);
+                let _ = this.poll_drain(cx)?;
+            }
+            // The plaintext is taken; what the socket did not accept yet waits in `unsent`,
+            // and the next write or flush sends it first.
+            Poll::Ready(Ok(n))
+        })
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

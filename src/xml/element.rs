@@ -1,8 +1,6 @@
 //! The in-memory XML tree: an [`Element`] with a resolved namespace, attributes and children.
 //! Serialisation lives here too, so every stanza is written by one function.
 
-use std::fmt::Write as _;
-
 /// A child node: an element or a run of text (already unescaped).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
@@ -165,23 +163,27 @@ impl std::fmt::Display for Element {
     }
 }
 
-/// Escape text or an attribute value (single-quoted) into `out`.
+/// Escape text or an attribute value (single-quoted) into `out`. Runs without special
+/// characters are copied whole (all of them are ASCII, so byte offsets are char boundaries).
 pub fn escape_into(out: &mut String, s: &str, attr: bool) {
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '\'' if attr => out.push_str("&apos;"),
-            '"' if attr => out.push_str("&quot;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' if attr => out.push_str("&#9;"),
-            '\n' if attr => out.push_str("&#10;"),
-            _ => {
-                let _ = out.write_char(c);
-            }
-        }
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'&' => "&amp;",
+            b'\'' if attr => "&apos;",
+            b'"' if attr => "&quot;",
+            b'\r' => "&#13;",
+            b'\t' if attr => "&#9;",
+            b'\n' if attr => "&#10;",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(rep);
+        start = i + 1;
     }
+    out.push_str(&s[start..]);
 }
 
 pub fn escape(s: &str) -> String {
