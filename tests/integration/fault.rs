@@ -55,6 +55,13 @@ impl Proc {
     }
 }
 
+/// A failed assertion must not leave a server running.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -1634,9 +1634,94 @@ mod robustness {
         s.stop().await;
     }
 
+    /// A muc#admin set is applied whole or not at all: a batch whose second item is bad
+    /// (unknown role, malformed JID, neither role nor affiliation) changes nothing, and each
+    /// gets the precise error.
+    async fn a_bad_admin_batch_changes_nothing(db: Db) {
+        let s = server(db, &["alice", "bob", "carol"]).await;
+        let mut a = online(&s, "alice").await;
+        let mut b = online(&s, "bob").await;
+        let r = room("strict");
+        create(&mut a, &r, "alice").await;
+        join(&mut b, &r, "bob").await;
+        for (second, condition) in [
+            ("<item nick='bob' role='overlord'/>", "bad-request"),
+            ("<item jid='not a jid@@' affiliation='member'/>", "jid-malformed"),
+            ("<item nick='bob'/>", "bad-request"),
+            ("<item jid='carol@localhost' affiliation='emperor'/>", "bad-request"),
+        ] {
+            let e = admin_iq(&mut a, &r, "set", &format!("<item jid='carol@localhost' affiliation='member'/>{second}")).await;
+            assert_eq!(e.get_attr("type"), Some("error"), "{second}: {e}");
+            assert_eq!(error_condition(&e).as_deref(), Some(condition), "{second}: {e}");
+        }
+        let list = admin_iq(&mut a, &r, "get", "<item affiliation='member'/>").await;
+        assert_eq!(list.get_attr("type"), Some("result"), "{list}");
+        let members: Vec<&Element> = list.find("query", MUC_ADMIN).map(|q| q.elements().collect()).unwrap_or_default();
+        assert!(members.is_empty(), "nothing of a refused batch was applied: {list}");
+        // Bob is still a participant (no kick slipped through).
+        let e = admin_iq(&mut a, &r, "get", "<item role='participant'/>").await;
+        let nicks: Vec<String> = e
+            .find("query", MUC_ADMIN)
+            .map(|q| q.elements().filter_map(|i| i.get_attr("nick").map(String::from)).collect())
+            .unwrap_or_default();
+        assert_eq!(nicks, ["bob"], "{e}");
+        s.stop().await;
+    }
+
+    /// A submitted configuration with a wrong FORM_TYPE or a bad value is refused and changes
+    /// nothing (10.2).
+    async fn a_bad_configuration_changes_nothing(db: Db) {
+        let s = server(db, &["alice"]).await;
+        let mut a = online(&s, "alice").await;
+        let r = room("steady");
+        create_with(&mut a, &r, "alice", &[("muc#roomconfig_roomname", "Steady")]).await;
+        let wrong_type = format!(
+            "<x xmlns='{XDATA}' type='submit'><field var='FORM_TYPE'><value>urn:example:other</value></field>\
+             <field var='muc#roomconfig_roomname'><value>Changed</value></field></x>"
+        );
+        let e = owner_iq(&mut a, &r, "set", &wrong_type).await;
+        assert_error(&e, "bad-request", "modify", "a form of another FORM_TYPE");
+        let e =
+            owner_iq(&mut a, &r, "set", &config_form(&[("muc#roomconfig_roomname", "Changed"), ("muc#roomconfig_maxusers", "many")])).await;
+        assert_eq!(e.get_attr("type"), Some("error"), "a maxusers that is not a number: {e}");
+        let e = owner_iq(&mut a, &r, "set", &config_form(&[("muc#roomconfig_persistentroom", "perhaps")])).await;
+        assert_eq!(e.get_attr("type"), Some("error"), "a boolean that is not one: {e}");
+        let form = config_get(&mut a, &r).await;
+        assert_eq!(field_value(&form, "muc#roomconfig_roomname").as_deref(), Some("Steady"), "{form}");
+        s.stop().await;
+    }
+
+    /// Odd `<history/>` attributes are ignored rather than refused; stanzas for rooms that do
+    /// not exist get item-not-found (messages, queries) or nothing (unavailable presence).
+    async fn odd_history_and_missing_rooms(db: Db) {
+        let s = server(db, &["alice", "bob"]).await;
+        let mut a = online(&s, "alice").await;
+        let mut b = online(&s, "bob").await;
+        let r = room("odd");
+        create(&mut a, &r, "alice").await;
+        say_and_see(&mut a, &r, "alice", "one").await;
+        let j = join_with(&mut b, &r, "bob", "<history maxstanzas='lots' seconds='-5' since='yesterday'/>").await;
+        assert_eq!(bodies(&history(&j)), ["one"], "{j:?}");
+        let ghost = room("nowhere");
+        b.send(&format!("<message to='{ghost}' type='groupchat' id='g1'><body>hello?</body></message>")).await;
+        let e = wait(&mut b, "an error for g1", |e| e.get_attr("id") == Some("g1")).await;
+        assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"), "{e}");
+        let e = b.iq(&format!("<iq type='get' id='g2' to='{ghost}'><query xmlns='{}'/></iq>", ns::DISCO_INFO)).await;
+        assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"), "{e}");
+        b.send(&format!("<presence to='{ghost}/bob' type='unavailable'/>")).await;
+        absent(&mut b, &r, "an answer to leaving a room that does not exist", |e| from_room(e, &ghost)).await;
+        // And the room that does exist is unharmed.
+        say(&mut b, &r, "two").await;
+        wait(&mut a, "bob's message", |e| is_groupchat(e, &occ(&r, "bob"), "two")).await;
+        s.stop().await;
+    }
+
     crate::on_both!(
         a_burst_of_messages_is_reflected_in_order,
         twenty_concurrent_joins_each_see_everyone_once,
         bad_groupchat_from_a_non_occupant_leaves_the_room_alone,
+        a_bad_admin_batch_changes_nothing,
+        a_bad_configuration_changes_nothing,
+        odd_history_and_missing_rooms,
     );
 }

@@ -626,8 +626,8 @@ impl Room {
         let max_chars = attr("maxchars").and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX);
         let now = crate::storage::now_micros();
         let since = attr("seconds")
-            .and_then(|v| v.parse::<i64>().ok())
-            .map(|s| now - s * 1_000_000)
+            .and_then(|v| v.parse::<u32>().ok())
+            .map(|s| now - i64::from(s) * 1_000_000)
             .into_iter()
             .chain(
                 attr("since")
