@@ -19,3 +19,10 @@ CREATE TABLE muc_affiliations (
     reason TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (room, jid)
 );
+
+-- Secrets the server made for itself and keeps across restarts (the group chat service's key for
+-- occupant ids, XEP-0421).
+CREATE TABLE server_keys (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);

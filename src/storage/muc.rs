@@ -96,3 +96,19 @@ impl Storage {
         Ok(())
     }
 }
+
+impl Storage {
+    /// The server's secret called `name`, made (32 random bytes, base64) the first time.
+    pub async fn server_key(&self, name: &str) -> Result<String> {
+        use rand::RngCore;
+        let mut fresh = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut fresh);
+        sqlx::query("INSERT INTO server_keys (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(crate::sasl::credentials::b64(&fresh))
+            .execute(&self.pool)
+            .await?;
+        let r = sqlx::query("SELECT value FROM server_keys WHERE name = $1").bind(name).fetch_one(&self.pool).await?;
+        Ok(r.get(0))
+    }
+}

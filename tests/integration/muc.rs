@@ -822,8 +822,45 @@ mod messages {
         s.stop().await;
     }
 
+    /// XEP-0421: presences and messages of an occupant carry one occupant id, the same after a
+    /// nick change and a rejoin, another for another account and in another room; one forged by
+    /// the sender is replaced.
+    async fn occupant_ids_are_stable_and_unforgeable(db: Db) {
+        const OID: &str = "urn:xmpp:occupant-id:0";
+        let oid = |e: &Element| -> Vec<String> {
+            e.elements().filter(|c| c.is("occupant-id", OID)).filter_map(|c| c.get_attr("id").map(String::from)).collect()
+        };
+        let s = server(db, &["alice", "bob"]).await;
+        let mut a = online(&s, "alice").await;
+        let mut b = online(&s, "bob").await;
+        let r = room("ids");
+        create(&mut a, &r, "alice").await;
+        let j = join(&mut b, &r, "bob").await;
+        let bob_id = oid(self_presence(&j));
+        assert_eq!(bob_id.len(), 1, "one occupant id in the presence: {j:?}");
+        let alice_seen = j.iter().find(|e| e.get_attr("from") == Some(occ(&r, "alice").as_str())).expect("alice's presence");
+        assert_eq!(oid(alice_seen).len(), 1, "{alice_seen}");
+        assert_ne!(oid(alice_seen), bob_id, "another account, another id");
+        b.send(&format!("<message to='{r}' type='groupchat'><body>hi</body><occupant-id xmlns='{OID}' id='forged'/></message>")).await;
+        let m = wait(&mut a, "bob's message", |e| is_groupchat(e, &occ(&r, "bob"), "hi")).await;
+        assert_eq!(oid(&m), bob_id, "the room's id replaces the forged one: {m}");
+        b.send(&format!("<presence to='{}'/>", occ(&r, "robert"))).await;
+        let p = wait(&mut a, "robert's presence", |e| is_presence(e, &occ(&r, "robert"), None)).await;
+        assert_eq!(oid(&p), bob_id, "the same id under a new nick: {p}");
+        leave(&mut b, &r, "robert").await;
+        let j = join(&mut b, &r, "bobby").await;
+        assert_eq!(oid(self_presence(&j)), bob_id, "the same id after rejoining");
+        let other = room("elsewhere");
+        let j = create(&mut b, &other, "bob").await;
+        assert_ne!(oid(self_presence(&j)), bob_id, "another room, another id");
+        let info = disco(&mut a, &r, ns::DISCO_INFO).await;
+        assert!(features(&info).iter().any(|f| f == OID), "{info}");
+        s.stop().await;
+    }
+
     crate::on_both!(
         groupchat_is_reflected_to_all_with_one_stanza_id,
+        occupant_ids_are_stable_and_unforgeable,
         queries_to_occupants_are_relayed_both_ways,
         a_senders_stanza_id_for_the_room_is_replaced,
         non_occupant_groupchat_is_not_acceptable,

@@ -36,6 +36,7 @@ pub const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
 pub const NS_DATA: &str = "jabber:x:data";
 pub const NS_STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
 pub const NS_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
+pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
 
 pub const MODULE: Module = Module {
     name: "muc",
@@ -46,6 +47,11 @@ pub const MODULE: Module = Module {
             note: "rooms as tasks; roles, affiliations, members-only, passwords, moderation, invitations, persistent rooms",
         },
         Spec { id: "XEP-0410", title: "MUC Self-Ping (Schrödinger's Chat)", note: "answered by the room" },
+        Spec {
+            id: "XEP-0421",
+            title: "Anonymous unique occupant identifiers for MUCs",
+            note: "HMAC of room and account under a stored key",
+        },
     ],
     host_features: &[],
     account_features: &[],
@@ -67,6 +73,8 @@ pub struct Service {
     starting: tokio::sync::Mutex<()>,
     /// Live public rooms and their names (disco#items), kept by the rooms themselves.
     public: Mutex<HashMap<BareJid, String>>,
+    /// The key occupant ids (XEP-0421) are made with, loaded (or made) with the first room.
+    occupant_key: tokio::sync::OnceCell<Arc<ring::hmac::Key>>,
     /// The server, for room tasks (set once it is built).
     server: std::sync::OnceLock<Weak<Server>>,
 }
@@ -83,6 +91,7 @@ impl Service {
             started: Default::default(),
             starting: Default::default(),
             public: Default::default(),
+            occupant_key: Default::default(),
             server: Default::default(),
         }))
     }
@@ -172,8 +181,16 @@ impl Service {
             return Ok(None); // answers for a room that is gone
         }
         let Some(arc) = self.server.get().and_then(Weak::upgrade) else { return Ok(None) };
+        let key = self
+            .occupant_key
+            .get_or_try_init(|| async {
+                let secret = server.storage.server_key("muc-occupant-id").await?;
+                Ok::<_, crate::storage::StorageError>(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes())))
+            })
+            .await?
+            .clone();
         let state = match server.storage.muc_room(room.as_str()).await? {
-            Some(stored) => room::Room::load(arc, self.clone(), room.clone(), stored).await?,
+            Some(stored) => room::Room::load(arc, self.clone(), key, room.clone(), stored).await?,
             None => {
                 let join =
                     stanza.kind == Kind::Presence && stanza.typ().is_none() && stanza.to.as_ref().is_some_and(|t| t.resource().is_some());
@@ -187,7 +204,7 @@ impl Service {
                 else {
                     return Err(StanzaError::new(Condition::NotAllowed).with_text("rooms are created by local accounts"));
                 };
-                room::Room::create(arc, self.clone(), room.clone(), creator.to_bare())
+                room::Room::create(arc, self.clone(), key, room.clone(), creator.to_bare())
             }
         };
         let (tx, rx) = mpsc::channel(ROOM_MAILBOX);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::config::{RoomConfig, Whois};
-use super::{occupant_jid, user_x, Service, NS_ADMIN, NS_DATA, NS_MUC, NS_OWNER, NS_ROOMINFO, NS_USER};
+use super::{occupant_jid, user_x, Service, NS_ADMIN, NS_DATA, NS_MUC, NS_OCCUPANT_ID, NS_OWNER, NS_ROOMINFO, NS_USER};
 use crate::error::{Condition, StanzaError};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::modules::mam;
@@ -90,6 +90,8 @@ struct Seat {
 
 struct Occupant {
     nick: String,
+    /// XEP-0421: the same for an account in this room whatever its nick, unlinkable elsewhere.
+    id: String,
     real: BareJid,
     /// Usually one; more when the same account joins with the same nick from several clients.
     seats: Vec<Seat>,
@@ -118,6 +120,7 @@ struct Subject {
 pub struct Room {
     server: Arc<Server>,
     service: Arc<Service>,
+    occupant_key: Arc<ring::hmac::Key>,
     jid: BareJid,
     config: RoomConfig,
     affiliations: HashMap<BareJid, (Affiliation, String)>,
@@ -173,13 +176,14 @@ fn forbidden(text: &str) -> StanzaError {
 }
 
 impl Room {
-    pub fn create(server: Arc<Server>, service: Arc<Service>, jid: BareJid, creator: BareJid) -> Room {
+    pub fn create(server: Arc<Server>, service: Arc<Service>, occupant_key: Arc<ring::hmac::Key>, jid: BareJid, creator: BareJid) -> Room {
         let config = RoomConfig::new_room(&server.config.muc);
         let mut affiliations = HashMap::new();
         affiliations.insert(creator, (Affiliation::Owner, String::new()));
         Room {
             server,
             service,
+            occupant_key,
             jid,
             config,
             affiliations,
@@ -196,7 +200,13 @@ impl Room {
         }
     }
 
-    pub async fn load(server: Arc<Server>, service: Arc<Service>, jid: BareJid, stored: StoredRoom) -> Result<Room, StanzaError> {
+    pub async fn load(
+        server: Arc<Server>,
+        service: Arc<Service>,
+        occupant_key: Arc<ring::hmac::Key>,
+        jid: BareJid,
+        stored: StoredRoom,
+    ) -> Result<Room, StanzaError> {
         let config: RoomConfig = serde_json::from_str(&stored.config).unwrap_or_else(|e| {
             tracing::error!(room = %jid, error = %e, "unreadable room configuration; defaults used");
             RoomConfig::new_room(&server.config.muc)
@@ -223,6 +233,7 @@ impl Room {
         Ok(Room {
             server,
             service,
+            occupant_key,
             jid,
             config,
             affiliations,
@@ -295,6 +306,13 @@ impl Room {
     }
 
     // ----------------------------------------------------------------------- helpers ----
+
+    /// XEP-0421 section 4: an id from the room and the account, under the service's key.
+    fn occupant_id(&self, real: &BareJid) -> String {
+        use base64::Engine;
+        let tag = ring::hmac::sign(&self.occupant_key, format!("{}\0{}", self.jid, real).as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag.as_ref()[..18])
+    }
 
     fn affiliation(&self, j: &BareJid) -> Affiliation {
         self.affiliations.get(j).map(|(a, _)| *a).unwrap_or(Affiliation::None)
@@ -419,6 +437,7 @@ impl Room {
                 p.children.push(Node::Element(c.clone()));
             }
         }
+        p.children.push(Node::Element(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", o.id.clone())));
         let mut item = self.item(o, with_jid);
         for e in item_extra {
             item = item.child(e.clone());
@@ -567,7 +586,8 @@ impl Room {
             }
             None => {
                 let role = self.default_role(aff);
-                self.occupants.push(Occupant { nick, real, seats: vec![seat], role, presence, shown: None });
+                let id = self.occupant_id(&real);
+                self.occupants.push(Occupant { nick, id, real, seats: vec![seat], role, presence, shown: None });
                 (self.occupants.len() - 1, true)
             }
         };
@@ -761,8 +781,11 @@ impl Room {
         let nick = self.occupants[i].nick.clone();
         let Some(occupant) = occupant_jid(&self.jid, &nick) else { return };
         let room = self.jid.to_string();
-        // Only the room stamps its own ids (XEP-0359).
-        el.retain_children(|c| !(c.is("stanza-id", mam::NS_SID) && c.get_attr("by").is_none_or(|b| b == room)));
+        // Only the room stamps its own ids (XEP-0359) and occupant ids (XEP-0421 section 4).
+        el.retain_children(|c| {
+            !(c.is("stanza-id", mam::NS_SID) && c.get_attr("by").is_none_or(|b| b == room)) && !c.is("occupant-id", NS_OCCUPANT_ID)
+        });
+        el.children.push(Node::Element(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", self.occupants[i].id.clone())));
         el.set_attr("from", occupant.to_string());
         el.remove_attr("to");
         let keep = el.find("body", ns::CLIENT).is_some() && !mam::has_hint(&el, "no-store");
@@ -828,6 +851,8 @@ impl Room {
         let Some(sender) = occupant_jid(&self.jid, &self.occupants[i].nick) else { return };
         let mut el = st.el;
         el.set_attr("from", sender.to_string());
+        el.retain_children(|c| !c.is("occupant-id", NS_OCCUPANT_ID));
+        el.children.push(Node::Element(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", self.occupants[i].id.clone())));
         if el.find("x", NS_USER).is_none() {
             el.children.push(Node::Element(Element::new("x", NS_USER)));
         }
