@@ -783,7 +783,7 @@ impl Room {
         let room = self.jid.to_string();
         // Only the room stamps its own ids (XEP-0359) and occupant ids (XEP-0421 section 4).
         el.retain_children(|c| {
-            !(c.is("stanza-id", mam::NS_SID) && c.get_attr("by").is_none_or(|b| b == room)) && !c.is("occupant-id", NS_OCCUPANT_ID)
+            !(c.is("occupant-id", NS_OCCUPANT_ID) || c.is("stanza-id", mam::NS_SID) && c.get_attr("by").is_none_or(|b| b == room))
         });
         el.children.push(Node::Element(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", self.occupants[i].id.clone())));
         el.set_attr("from", occupant.to_string());
