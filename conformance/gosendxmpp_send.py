@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """go-sendxmpp driver: go-sendxmpp (Debian package) logs in as the sender and sends a
 message, over STARTTLS and over direct TLS, to an account logged in with slixmpp,
-which must receive it.
+which must receive it; then it sends to a group chat room (`-c`) the slixmpp account created,
+and the room's occupant must receive it as a groupchat message from go-sendxmpp's nick.
 
 Usage: gosendxmpp_send.py --starttls-port P --tls-port Q --sender dave --sender-pass X \
                           --receiver carol --receiver-pass Y --workdir DIR [--cafile CRT]
@@ -19,7 +20,7 @@ from common import Client, base_args, finish, report, setup_logging, xml
 P = "go-sendxmpp."
 
 
-async def run_sendxmpp(args, direct, body, env, logf):
+async def run_sendxmpp(args, direct, body, env, logf, room=None):
     sender = f"{args.sender}@{args.domain}"
     port = args.tls_port if direct else args.starttls_port
     cmd = ["go-sendxmpp", "-d", "-u", sender, "-p", args.sender_pass,
@@ -28,7 +29,10 @@ async def run_sendxmpp(args, direct, body, env, logf):
         cmd.append("-t")
     if not args.cafile:
         cmd.append("-n")
-    cmd.append(f"{args.receiver}@{args.domain}")
+    if room:
+        cmd += ["-c", "-a", "gosend", room]
+    else:
+        cmd.append(f"{args.receiver}@{args.domain}")
     logf.write(f"\n$ {' '.join(cmd)}\n")
     logf.flush()
     proc = await asyncio.create_subprocess_exec(
@@ -106,6 +110,38 @@ async def scenario(args):
             detail += f" {summarize(text)} "
             detail += xml(got) if got is not None else f"receiver got: {rx.recent(m)}"
             report(name, not problems, detail.strip())
+
+        # XEP-0045: the receiver creates an instant room and stays in it; go-sendxmpp joins
+        # it under the nick "gosend" and sends one message.
+        for plugin in ("xep_0004", "xep_0045"):
+            rx.x.register_plugin(plugin)
+        room = f"gosend-{uuid.uuid4().hex[:6]}@conference.{args.domain}"
+        name = P + "send.chatroom"
+        try:
+            await rx.x.plugin["xep_0045"].join_muc_wait(room, "rx", maxstanzas=0, timeout=10)
+            form = rx.x.plugin["xep_0004"].make_form(ftype="submit")
+            await rx.x.plugin["xep_0045"].set_room_config(room, form, timeout=10)
+        except Exception as e:  # a refused room is a failed check, with the reason
+            report(name, False, f"the receiver could not create {room}: {e}")
+            await rx.close()
+            return
+        body = f"go-sendxmpp chatroom {uuid.uuid4().hex[:8]}"
+        m = rx.mark()
+        rc, text = await run_sendxmpp(args, False, body, env, logf, room=room)
+        got = await rx.wait_for(lambda st: st.tag == "{jabber:client}message" and st["type"] == "groupchat"
+                                and st["body"].strip() == body, since=m, timeout=5)
+        problems = []
+        if rc is None:
+            problems.append("go-sendxmpp timed out")
+        elif rc != 0:
+            problems.append(f"go-sendxmpp exited {rc}")
+        if got is None:
+            problems.append("groupchat message not received")
+        elif str(got["from"]) != f"{room}/gosend":
+            problems.append(f"from={got['from']}")
+        detail = "; ".join(problems) + f" {summarize(text)} "
+        detail += xml(got) if got is not None else f"receiver got: {rx.recent(m)}"
+        report(name, not problems, detail.strip())
     await rx.close()
 
 

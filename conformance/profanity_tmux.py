@@ -150,6 +150,43 @@ async def scenario(args):
             m, scr = await tm.wait_text(re.escape(reply), timeout=10, since_len=max(0, before - 400))
             report(P + f"message.receive.{tag}", m is not None,
                    f"shown on screen" if m else "reply not on screen: " + tail(scr))
+        # XEP-0045: the peer creates an instant room; profanity joins it (/join), the two
+        # exchange groupchat messages.
+        for plugin in ("xep_0004", "xep_0045"):
+            peer.x.register_plugin(plugin)
+        room = f"prof-{uuid.uuid4().hex[:6]}@conference.{args.domain}"
+        try:
+            await peer.x.plugin["xep_0045"].join_muc_wait(room, "peer", maxstanzas=0, timeout=10)
+            form = peer.x.plugin["xep_0004"].make_form(ftype="submit")
+            await peer.x.plugin["xep_0045"].set_room_config(room, form, timeout=10)
+            created = None
+        except Exception as e:  # reported below, with the reason
+            created = f"the peer could not create {room}: {e}"
+        if created:
+            report(P + "room.join", False, created)
+        else:
+            mk = peer.mark()
+            await tm.type(f"/join {room} nick profnick")
+            joined = await peer.wait_for(lambda st: st.tag == "{jabber:client}presence"
+                                         and str(st["from"]) == f"{room}/profnick", since=mk, timeout=10)
+            report(P + "room.join", joined is not None,
+                   xml(joined) if joined is not None else f"peer got: {peer.recent(mk)}; screen: {tail(await tm.screen())}")
+            if joined is not None:
+                await asyncio.sleep(0.5)
+                body = f"profanity in the room {uuid.uuid4().hex[:8]}"
+                mk = peer.mark()
+                await tm.type(body)  # the room's window is the current one after /join
+                got = await peer.wait_for(lambda st: st.tag == "{jabber:client}message" and st["type"] == "groupchat"
+                                          and st["body"] == body, since=mk, timeout=10)
+                ok = got is not None and str(got["from"]) == f"{room}/profnick"
+                report(P + "room.send", ok,
+                       xml(got) if got is not None else f"peer got: {peer.recent(mk)}; screen: {tail(await tm.screen())}")
+                # The text is unique, so the whole screen is searched (the room's window, with
+                # its occupant list, is laid out anew as it fills).
+                reply = f"peer in the room {uuid.uuid4().hex[:8]}"
+                peer.x.send_message(mto=room, mbody=reply, mtype="groupchat")
+                m, scr = await tm.wait_text(re.escape(reply), timeout=10)
+                report(P + "room.receive", m is not None, "shown on screen" if m else "not on screen: " + tail(scr))
         await tm.type("/quit")
         await asyncio.sleep(1.0)
     finally:
