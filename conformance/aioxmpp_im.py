@@ -118,11 +118,65 @@ async def one_transport(args, peer, direct, mechlog):
                 report(P + "presence.after-subscription", bool(seen),
                        f"available presence from {seen[0].from_}" if seen else
                        f"presences seen: {[(str(p.from_), p.type_.name) for p in presences[n0:]]}")
+        if not direct:
+            await group_chat(args, client, peer)
     finally:
         try:
             await asyncio.wait_for(cm.__aexit__(None, None, None), 10)
         except Exception as e:
             logging.getLogger("conformance").warning("aioxmpp disconnect: %r", e)
+
+
+async def group_chat(args, client, peer):
+    """XEP-0045 through aioxmpp.MUCClient: the slixmpp peer creates an instant room, aioxmpp
+    joins it, and they exchange groupchat messages."""
+    for plugin in ("xep_0004", "xep_0045"):
+        peer.x.register_plugin(plugin)
+    room_jid = f"aio-{uuid.uuid4().hex[:6]}@conference.{args.domain}"
+    try:
+        await peer.x.plugin["xep_0045"].join_muc_wait(room_jid, "peer", maxstanzas=0, timeout=10)
+        form = peer.x.plugin["xep_0004"].make_form(ftype="submit")
+        await peer.x.plugin["xep_0045"].set_room_config(room_jid, form, timeout=10)
+    except Exception as e:
+        report(P + "room.join", False, f"the peer could not create {room_jid}: {e}")
+        return
+    muc = client.summon(aioxmpp.MUCClient)
+    room, joined = muc.join(aioxmpp.JID.fromstr(room_jid), "aio")
+    heard = []
+    room.on_message.connect(lambda msg, member, source, **kw: heard.append((msg, member)))
+    try:
+        await asyncio.wait_for(joined, 10)
+        report(P + "room.join", room.me is not None and room.me.nick == "aio",
+               f"joined as {room.me.nick if room.me else None}, {len(room.members)} member(s)")
+    except Exception as e:
+        report(P + "room.join", False, f"{type(e).__name__}: {e}")
+        return
+    body = f"aioxmpp in the room {uuid.uuid4().hex[:8]}"
+    m = peer.mark()
+    msg = aioxmpp.Message(type_=aioxmpp.MessageType.GROUPCHAT)
+    msg.body[None] = body
+    room.send_message(msg)
+    got = await peer.wait_for(lambda st: st.tag == "{jabber:client}message" and st["type"] == "groupchat"
+                              and st["body"] == body, since=m)
+    ok = got is not None and str(got["from"]) == f"{room_jid}/aio"
+    report(P + "room.send", ok, xml(got) if got is not None else f"peer got: {peer.recent(m)}")
+    reply = f"peer to aioxmpp's room {uuid.uuid4().hex[:8]}"
+    peer.x.send_message(mto=room_jid, mbody=reply, mtype="groupchat")
+    for _ in range(250):
+        if any(msg.body and msg.body.any() == reply for msg, _ in heard):
+            break
+        await asyncio.sleep(0.02)
+    hit = [(msg, member) for msg, member in heard if msg.body and msg.body.any() == reply]
+    report(P + "room.receive", bool(hit) and hit[0][1] is not None and hit[0][1].nick == "peer",
+           f"from member {hit[0][1].nick if hit[0][1] else None}" if hit else f"heard {len(heard)} other message(s)")
+    m = peer.mark()
+    try:
+        await asyncio.wait_for(room.leave(), 10)
+        gone = await peer.wait_for(lambda st: st.tag == "{jabber:client}presence" and st["type"] == "unavailable"
+                                   and str(st["from"]) == f"{room_jid}/aio", since=m)
+        report(P + "room.leave", gone is not None, xml(gone) if gone is not None else f"peer got: {peer.recent(m)}")
+    except Exception as e:
+        report(P + "room.leave", False, f"{type(e).__name__}: {e}")
 
 
 async def scenario(args):
