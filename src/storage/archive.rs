@@ -110,6 +110,22 @@ impl Storage {
         Ok(r.bind(stanza_id).fetch_optional(&self.pool).await?.map(|r| r.get(0)))
     }
 
+    /// One archived message by row id: (stanza id, xml).
+    pub async fn archive_row(&self, owner: &str, id: i64) -> Result<Option<(String, String)>> {
+        let r = sqlx::query("SELECT stanza_id, xml FROM archive WHERE owner = $1 AND id = $2")
+            .bind(owner)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(r.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Replace an archived message's stanza (a tombstone for a retracted one, XEP-0425).
+    pub async fn archive_replace(&self, owner: &str, id: i64, xml: &str) -> Result<()> {
+        sqlx::query("UPDATE archive SET xml = $3 WHERE owner = $1 AND id = $2").bind(owner).bind(id).bind(xml).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Rows matching the filter, in the query's direction, at most `limit`.
     pub async fn archive_query(&self, f: &ArchiveFilter) -> Result<Vec<ArchivedRow>> {
         let mut sql = String::from("SELECT id, stanza_id, ts, xml FROM archive WHERE owner = $1");

@@ -858,8 +858,75 @@ mod messages {
         s.stop().await;
     }
 
+    /// XEP-0425: a moderator retracts a message by its stanza-id; every occupant gets the
+    /// retraction (from the room, naming the moderator), the archive keeps a tombstone without
+    /// the body, later joiners do not get it in their history, and the retraction itself is in
+    /// the archive for clients that sync later. Others may not; unknown ids are item-not-found.
+    async fn a_moderator_retracts_a_message(db: Db) {
+        const MOD: &str = "urn:xmpp:message-moderate:1";
+        const RETRACT: &str = "urn:xmpp:message-retract:1";
+        let s = server(db, &["alice", "bob", "carol"]).await;
+        let mut a = online(&s, "alice").await;
+        let mut b = online(&s, "bob").await;
+        let r = room("tidy");
+        create(&mut a, &r, "alice").await;
+        join(&mut b, &r, "bob").await;
+        let m = say_and_see(&mut b, &r, "bob", "buy cheap potions").await;
+        let sid = stanza_ids(&m, &r).pop().expect("the room's stanza-id");
+        let moderate = |id: &str| {
+            format!("<iq type='set' to='{r}' id='mod-{id}'><moderate id='{id}' xmlns='{MOD}'><retract xmlns='{RETRACT}'/><reason>spam</reason></moderate></iq>")
+        };
+        // Bob is a participant: not allowed.
+        let e = b.iq(&moderate(&sid)).await;
+        assert_eq!(error_condition(&e).as_deref(), Some("forbidden"), "{e}");
+        let e = a.iq(&moderate("nope")).await;
+        assert_eq!(error_condition(&e).as_deref(), Some("item-not-found"), "{e}");
+        let ok = a.iq(&moderate(&sid)).await;
+        assert_eq!(ok.get_attr("type"), Some("result"), "{ok}");
+        for (who, c) in [("alice", &mut a), ("bob", &mut b)] {
+            let x = wait(c, "the retraction", |e| e.name == "message" && e.find("retract", RETRACT).is_some()).await;
+            assert_eq!(x.get_attr("from"), Some(r.as_str()), "{who}: from the room itself: {x}");
+            let rt = x.find("retract", RETRACT).unwrap();
+            assert_eq!(rt.get_attr("id"), Some(sid.as_str()), "{who}: {x}");
+            assert_eq!(rt.find("moderated", MOD).and_then(|m| m.get_attr("by")), Some(occ(&r, "alice").as_str()), "{who}: {x}");
+            assert_eq!(rt.find("reason", RETRACT).map(|t| t.text_content()).as_deref(), Some("spam"), "{who}: {x}");
+        }
+        // The archive: a tombstone in place of the message, then the retraction.
+        let id = a.id();
+        a.send(&format!("<iq type='set' to='{r}' id='{id}'><query xmlns='{MAM}' queryid='q'/></iq>")).await;
+        let mut found = Vec::new();
+        loop {
+            let e = wait(&mut a, "archive results", |e| {
+                (e.name == "message" && e.find("result", MAM).is_some()) || e.get_attr("id") == Some(id.as_str())
+            })
+            .await;
+            if e.name == "iq" {
+                break;
+            }
+            found.push(
+                e.find("result", MAM)
+                    .and_then(|x| x.find("forwarded", FWD))
+                    .and_then(|f| f.find("message", ns::CLIENT))
+                    .cloned()
+                    .expect("forwarded"),
+            );
+        }
+        let tomb = found.iter().find(|m| stanza_ids(m, &r).contains(&sid)).unwrap_or_else(|| panic!("the tombstone: {found:?}"));
+        assert!(body(tomb).is_none(), "no body left: {tomb}");
+        assert!(tomb.find("retracted", RETRACT).and_then(|t| t.find("moderated", MOD)).is_some(), "{tomb}");
+        assert!(found.iter().any(|m| m.find("retract", RETRACT).is_some()), "the retraction is archived too: {found:?}");
+        // A later joiner's history has no trace of the body.
+        let mut c = online(&s, "carol").await;
+        let j = join(&mut c, &r, "carol").await;
+        assert!(history(&j).iter().all(|m| body(m).as_deref() != Some("buy cheap potions")), "{j:?}");
+        let info = disco(&mut a, &r, ns::DISCO_INFO).await;
+        assert!(features(&info).iter().any(|f| f == MOD), "{info}");
+        s.stop().await;
+    }
+
     crate::on_both!(
         groupchat_is_reflected_to_all_with_one_stanza_id,
+        a_moderator_retracts_a_message,
         occupant_ids_are_stable_and_unforgeable,
         queries_to_occupants_are_relayed_both_ways,
         a_senders_stanza_id_for_the_room_is_replaced,

@@ -198,6 +198,7 @@ impl RoomConfig {
         v.push(super::NS_STABLE_ID);
         v.push(super::NS_SELF_PING);
         v.push(super::NS_OCCUPANT_ID);
+        v.push(super::NS_MODERATE);
         v
     }
 }

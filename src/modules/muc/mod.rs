@@ -37,6 +37,8 @@ pub const NS_DATA: &str = "jabber:x:data";
 pub const NS_STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
 pub const NS_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
+pub const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
+pub const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
 
 pub const MODULE: Module = Module {
     name: "muc",
@@ -51,6 +53,11 @@ pub const MODULE: Module = Module {
             id: "XEP-0421",
             title: "Anonymous unique occupant identifiers for MUCs",
             note: "HMAC of room and account under a stored key",
+        },
+        Spec {
+            id: "XEP-0425",
+            title: "Moderated Message Retraction",
+            note: "v0.3 (message-moderate:1); the archived message becomes a tombstone",
         },
     ],
     host_features: &[],

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::config::{RoomConfig, Whois};
-use super::{occupant_jid, user_x, Service, NS_ADMIN, NS_DATA, NS_MUC, NS_OCCUPANT_ID, NS_OWNER, NS_ROOMINFO, NS_USER};
+use super::{
+    occupant_jid, user_x, Service, NS_ADMIN, NS_DATA, NS_MODERATE, NS_MUC, NS_OCCUPANT_ID, NS_OWNER, NS_RETRACT, NS_ROOMINFO, NS_USER,
+};
 use crate::error::{Condition, StanzaError};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::modules::mam;
@@ -953,6 +955,7 @@ impl Room {
             (NS_OWNER, _) => self.owner(&st, &from, &payload).await,
             (NS_ADMIN, _) => self.admin(&st, &from, &payload).await,
             (mam::NS_MAM, _) => self.archive_query(&from, &payload, get).await,
+            (NS_MODERATE, false) => self.moderate(&from, &payload).await,
             ("vcard-temp", true) => Ok(Some(Element::new("vCard", "vcard-temp"))),
             _ => Err(Condition::ServiceUnavailable.into()),
         };
@@ -1045,6 +1048,81 @@ impl Room {
             return Ok(Some(mam::form()));
         }
         mam::query(&self.server, &self.jid, from, q).await
+    }
+
+    /// XEP-0425: a moderator retracts a message. Occupants are told (a retraction, archived
+    /// like any room message, so clients that sync later learn of it too); the archived message
+    /// becomes a tombstone and leaves the history new occupants get.
+    async fn moderate(&mut self, from: &Jid, q: &Element) -> Result<Option<Element>, StanzaError> {
+        let Some(i) = self.by_seat(from).filter(|i| self.occupants[*i].role == Role::Moderator) else {
+            return Err(StanzaError::new(Condition::Forbidden).with_text("only moderators may retract messages"));
+        };
+        if q.find("retract", NS_RETRACT).is_none() {
+            return Err(StanzaError::new(Condition::FeatureNotImplemented).with_text("only retraction is offered"));
+        }
+        let sid = q.get_attr("id").ok_or_else(|| StanzaError::new(Condition::BadRequest).with_text("which message?"))?.to_string();
+        let room = self.jid.to_string();
+        let no_such = || StanzaError::new(Condition::ItemNotFound).with_text("no such message in this room");
+        let row = self.server.storage.archive_row_id(&room, &sid).await?.ok_or_else(no_such)?;
+        let (_, xml) = self.server.storage.archive_row(&room, row).await?.ok_or_else(no_such)?;
+        let original = crate::xml::parse_stored(&xml).await.ok_or_else(no_such)?;
+        if original.get_attr("type") != Some("groupchat") || original.find("body", ns::CLIENT).is_none() {
+            return Err(StanzaError::new(Condition::NotAcceptable).with_text("only messages can be retracted"));
+        }
+        let Some(by) = occupant_jid(&self.jid, &self.occupants[i].nick) else { return Err(no_such()) };
+        let reason = q.find("reason", NS_MODERATE).map(|r| r.text_content()).filter(|r| !r.is_empty());
+        let moderated = Element::new("moderated", NS_MODERATE)
+            .attr("by", by.to_string())
+            .child(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", self.occupants[i].id.clone()));
+        let with_reason = |mut e: Element| {
+            if let Some(r) = &reason {
+                e = e.child(Element::new("reason", NS_RETRACT).text(r.clone()));
+            }
+            e
+        };
+        // The tombstone: the envelope, its ids and author, and what happened to it.
+        let mut tomb = Element::new("message", ns::CLIENT);
+        tomb.attrs = original.attrs.iter().filter(|(k, _)| k != "xmlns").cloned().collect();
+        for c in original.elements().filter(|c| c.is("stanza-id", mam::NS_SID) || c.is("occupant-id", NS_OCCUPANT_ID)) {
+            tomb.children.push(Node::Element(c.clone()));
+        }
+        let now = crate::storage::now_micros();
+        tomb.children
+            .push(Node::Element(with_reason(Element::new("retracted", NS_RETRACT).attr("stamp", stamp(now)).child(moderated.clone()))));
+        self.server.storage.archive_replace(&room, row, &tomb.to_xml()).await?;
+        let tomb = Outgoing::to_each(tomb);
+        for h in self.history.iter_mut() {
+            if h.out.el.elements().any(|c| c.is("stanza-id", mam::NS_SID) && c.get_attr("id") == Some(sid.as_str())) {
+                h.out = tomb.clone();
+            }
+        }
+        // The retraction, archived, then to everyone.
+        let mut m = Element::new("message", ns::CLIENT)
+            .attr("type", "groupchat")
+            .attr("from", room.clone())
+            .attr("id", format!("retract-{now:x}"))
+            .child(with_reason(Element::new("retract", NS_RETRACT).attr("id", sid.clone()).child(moderated)))
+            .child(Element::new("store", mam::NS_HINTS));
+        if self.config.archive {
+            let pending = self.server.storage.archive_submit(|id| {
+                let new_sid = stanza_id_for(id);
+                m.children.push(Node::Element(Element::new("stanza-id", mam::NS_SID).attr("id", new_sid.clone()).attr("by", room.clone())));
+                NewArchived {
+                    id,
+                    owner: room.clone(),
+                    stanza_id: new_sid,
+                    peer: room.clone(),
+                    peer_full: room.clone(),
+                    outgoing: false,
+                    ts: id,
+                    origin_id: None,
+                    xml: m.to_xml(),
+                }
+            })?;
+            pending.wait().await?;
+        }
+        self.broadcast(Outgoing::to_each(m)).await;
+        Ok(None)
     }
 
     // -------------------------------------------------------------------------- owner ----
