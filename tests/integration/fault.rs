@@ -62,6 +62,29 @@ impl Drop for Proc {
     }
 }
 
+/// A data directory and config for the real `starling` binary (direct TLS on a free port, with
+/// `extra` config appended), and the accounts alice and bob made with `starling user add`.
+fn real_server(name: &str, extra: &str) -> (std::path::PathBuf, std::path::PathBuf, SocketAddr) {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let config = dir.join("fault.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\ndata_dir = \"{}\"\n[listen]\nc2s = []\nc2s_direct_tls = [\"127.0.0.1:{port}\"]\n{extra}", dir.display()),
+    )
+    .unwrap();
+    for u in ["alice", "bob"] {
+        let st = Command::new(BIN)
+            .args(["user", "add", &format!("{u}@localhost"), "--password", "pw", "--config", config.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    (dir, config, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -168,27 +191,8 @@ async fn mam_sync(c: &mut Client, rec: &Mutex<Received>, handled: &mut u32) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_with_sigkills_loses_nothing_and_duplicates_nothing() {
-    let dir = std::env::temp_dir().join(format!("starling-fault-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let config = dir.join("fault.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\ndata_dir = \"{}\"\n[listen]\nc2s = []\nc2s_direct_tls = [\"127.0.0.1:{port}\"]\n[offline]\nmax_per_account = 100000\n[stream_management]\nmax_unacked = 100000\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    for u in ["alice", "bob"] {
-        let st = Command::new(BIN)
-            .args(["user", "add", &format!("{u}@localhost"), "--password", "pw", "--config", config.to_str().unwrap()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (dir, config, addr) =
+        real_server("starling-fault", "[offline]\nmax_per_account = 100000\n[stream_management]\nmax_unacked = 100000\n");
     let proc = Arc::new(Mutex::new(Proc { dir: dir.clone(), config: config.clone(), child: None }));
     proc.lock().unwrap().start();
 
@@ -390,24 +394,7 @@ async fn burst_with_sigkills_loses_nothing_and_duplicates_nothing() {
 /// of the server: they leave the offline store only when acknowledged (XEP-0198).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_offline_messages_survive_a_sigkill() {
-    let dir = std::env::temp_dir().join(format!("starling-fault-offline-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let config = dir.join("fault.toml");
-    std::fs::write(
-        &config,
-        format!("[server]\ndata_dir = \"{}\"\n[listen]\nc2s = []\nc2s_direct_tls = [\"127.0.0.1:{port}\"]\n", dir.display()),
-    )
-    .unwrap();
-    for u in ["alice", "bob"] {
-        let st = Command::new(BIN)
-            .args(["user", "add", &format!("{u}@localhost"), "--password", "pw", "--config", config.to_str().unwrap()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (dir, config, addr) = real_server("starling-fault-offline", "");
     let mut proc = Proc { dir: dir.clone(), config, child: None };
     proc.start();
     let up = async {

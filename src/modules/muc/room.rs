@@ -178,22 +178,20 @@ fn forbidden(text: &str) -> StanzaError {
 }
 
 impl Room {
-    pub fn create(server: Arc<Server>, service: Arc<Service>, occupant_key: Arc<ring::hmac::Key>, jid: BareJid, creator: BareJid) -> Room {
-        let config = RoomConfig::new_room(&server.config.muc);
-        let mut affiliations = HashMap::new();
-        affiliations.insert(creator, (Affiliation::Owner, String::new()));
+    /// A room with no one in it yet.
+    fn empty(server: Arc<Server>, service: Arc<Service>, occupant_key: Arc<ring::hmac::Key>, jid: BareJid, config: RoomConfig) -> Room {
         Room {
             server,
             service,
             occupant_key,
             jid,
             config,
-            affiliations,
+            affiliations: HashMap::new(),
             occupants: Vec::new(),
             subject: Subject::default(),
             history: VecDeque::new(),
-            locked: true,
-            created: true,
+            locked: false,
+            created: false,
             stored: false,
             destroyed: false,
             relayed: HashMap::new(),
@@ -202,6 +200,17 @@ impl Room {
         }
     }
 
+    /// A new room, locked until its creator (its owner) configures it (section 10.1).
+    pub fn create(server: Arc<Server>, service: Arc<Service>, occupant_key: Arc<ring::hmac::Key>, jid: BareJid, creator: BareJid) -> Room {
+        let config = RoomConfig::new_room(&server.config.muc);
+        let mut room = Room::empty(server, service, occupant_key, jid, config);
+        room.affiliations.insert(creator, (Affiliation::Owner, String::new()));
+        room.locked = true;
+        room.created = true;
+        room
+    }
+
+    /// A stored room, with its affiliations, subject and the end of its archive as history.
     pub async fn load(
         server: Arc<Server>,
         service: Arc<Service>,
@@ -213,43 +222,27 @@ impl Room {
             tracing::error!(room = %jid, error = %e, "unreadable room configuration; defaults used");
             RoomConfig::new_room(&server.config.muc)
         });
-        let mut affiliations = HashMap::new();
-        for (j, a, reason) in server.storage.muc_affiliations(jid.as_str()).await? {
+        let mut room = Room::empty(server, service, occupant_key, jid, config);
+        let (server, jid) = (room.server.clone(), room.jid.to_string());
+        for (j, a, reason) in server.storage.muc_affiliations(&jid).await? {
             if let (Ok(j), Some(a)) = (BareJid::new(&j), Affiliation::parse(&a)) {
-                affiliations.insert(j, (a, reason));
+                room.affiliations.insert(j, (a, reason));
             }
         }
-        let mut history = VecDeque::new();
         let size = server.config.muc.history_size;
-        if config.archive && size > 0 {
-            let f = ArchiveFilter { owner: jid.to_string(), backward: true, limit: size, ..Default::default() };
+        if room.config.archive && size > 0 {
+            let f = ArchiveFilter { owner: jid, backward: true, limit: size, ..Default::default() };
             for row in server.storage.archive_query(&f).await?.into_iter().rev() {
                 if let Some(el) = crate::xml::parse_stored(&row.xml).await {
                     if el.find("body", ns::CLIENT).is_some() {
-                        history.push_back(History { out: Outgoing::to_each(el), ts: row.ts });
+                        room.history.push_back(History { out: Outgoing::to_each(el), ts: row.ts });
                     }
                 }
             }
         }
-        let subject = Subject { text: stored.subject, by: stored.subject_by, ts: stored.subject_ts };
-        Ok(Room {
-            server,
-            service,
-            occupant_key,
-            jid,
-            config,
-            affiliations,
-            occupants: Vec::new(),
-            subject,
-            history,
-            locked: false,
-            created: false,
-            stored: true,
-            destroyed: false,
-            relayed: HashMap::new(),
-            relay_order: VecDeque::new(),
-            relay_seq: 0,
-        })
+        room.subject = Subject { text: stored.subject, by: stored.subject_by, ts: stored.subject_ts };
+        room.stored = true;
+        Ok(room)
     }
 
     /// The room's task: one stanza at a time until the room is empty.
