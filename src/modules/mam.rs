@@ -21,7 +21,7 @@ pub const NS_SID: &str = "urn:xmpp:sid:0";
 pub const NS_HINTS: &str = "urn:xmpp:hints";
 pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
-pub const NS_DATA: &str = "jabber:x:data";
+pub const NS_DATA: &str = ns::DATA;
 pub const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 pub const NS_MARKERS: &str = "urn:xmpp:chat-markers:0";
 
@@ -180,6 +180,19 @@ pub async fn archive_queued(
     if !server.config.archive.enabled || !archivable(el) || !allowed(server, owner, &peer.to_bare()).await {
         return Ok(None);
     }
+    submit(server, owner, peer, outgoing, el, stamp).map(Some)
+}
+
+/// Queue `el` as a row of `owner`'s archive, whatever the preferences (a room's archive is the
+/// room's own); returns its stanza id, stamped on `el` when `stamp`.
+pub fn submit(
+    server: &Server,
+    owner: &BareJid,
+    peer: &Jid,
+    outgoing: bool,
+    el: &mut Element,
+    stamp: bool,
+) -> Result<(String, PendingWrite), StanzaError> {
     let origin_id = el.find("origin-id", NS_SID).and_then(|o| o.get_attr("id")).map(String::from);
     let (owner, peer_bare, peer_full) = (owner.to_string(), peer.to_bare().to_string(), peer.to_string());
     let mut sid = String::new();
@@ -193,7 +206,7 @@ pub async fn archive_queued(
         }
         NewArchived { id, owner, stanza_id: sid.clone(), peer: peer_bare, peer_full, outgoing, ts: id, origin_id, xml: el.to_xml() }
     })?;
-    Ok(Some((sid, pending)))
+    Ok((sid, pending))
 }
 
 fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {

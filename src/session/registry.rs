@@ -56,13 +56,9 @@ impl Outgoing {
         out.push_str(&bytes[head..]);
     }
 
-    /// The stanza as delivered to `to` (for stores that keep whole stanzas).
-    pub fn element_for(&self, to: &FullJid) -> Element {
-        let mut el = self.el.clone();
-        if self.to_each {
-            el.set_attr("to", to.to_string());
-        }
-        el
+    /// Length of the serialization sessions write (made once, here or at the first write).
+    pub fn serialized_len(&self) -> usize {
+        self.bytes().len()
     }
 
     fn bytes(&self) -> &str {

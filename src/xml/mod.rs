@@ -48,5 +48,6 @@ pub mod ns {
     pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
     pub const LAST: &str = "jabber:iq:last";
     pub const DELAY: &str = "urn:xmpp:delay";
+    pub const DATA: &str = "jabber:x:data";
     pub const CAPS: &str = "http://jabber.org/protocol/caps";
 }

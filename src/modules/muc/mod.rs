@@ -33,7 +33,7 @@ pub const NS_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const NS_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const NS_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_ROOMINFO: &str = "http://jabber.org/protocol/muc#roominfo";
-pub const NS_DATA: &str = "jabber:x:data";
+pub const NS_DATA: &str = ns::DATA;
 pub const NS_STABLE_ID: &str = "http://jabber.org/protocol/muc#stable_id";
 pub const NS_SELF_PING: &str = "http://jabber.org/protocol/muc#self-ping-optimization";
 pub const NS_OCCUPANT_ID: &str = "urn:xmpp:occupant-id:0";
@@ -115,11 +115,6 @@ impl Service {
         self.domains.iter()
     }
 
-    /// Running rooms (for tests and metrics).
-    pub fn live_rooms(&self) -> usize {
-        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     fn room_tx(&self, room: &BareJid) -> Option<mpsc::Sender<Stanza>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).get(room).map(|(_, tx)| tx.clone())
     }
@@ -146,7 +141,7 @@ impl Service {
         }
         let room = BareJid::from_parts(Some(node), to.domain());
         let mut stanza = stanza;
-        // Twice at most: a room that stopped between lookup and send is started again.
+        // A room that stopped between lookup and send is started again (three tries).
         for _ in 0..3 {
             let tx = match self.room_tx(&room) {
                 Some(tx) => tx,

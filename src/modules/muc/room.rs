@@ -17,7 +17,7 @@ use crate::server::Server;
 use crate::session::registry::{push, Mailbox};
 use crate::session::{Deliver, Outgoing};
 use crate::stanza::{Kind, Stanza};
-use crate::storage::archive::{stanza_id_for, ArchiveFilter, NewArchived};
+use crate::storage::archive::ArchiveFilter;
 use crate::storage::muc::StoredRoom;
 use crate::xml::{ns, Element, Node};
 
@@ -370,16 +370,6 @@ impl Room {
         }
     }
 
-    /// Send to every seat of occupant `i`. Returns whether any session took it.
-    fn send_occupant(&mut self, i: usize, out: &Arc<Outgoing>) -> bool {
-        let server = self.server.clone();
-        let mut any = false;
-        for seat in &mut self.occupants[i].seats {
-            any |= Self::push_seat(&server, seat, out);
-        }
-        any
-    }
-
     /// Occupants whose every session is gone, found while sending: they leave (333).
     async fn drop_vanished(&mut self, vanished: Vec<String>) {
         for nick in vanished {
@@ -393,14 +383,18 @@ impl Room {
         }
     }
 
-    /// One stanza to every occupant (the room's fan-out: one serialization for all).
-    async fn broadcast(&mut self, out: Arc<Outgoing>) {
+    /// The room's fan-out: to each occupant what `pick` chooses for it (by index, and whether
+    /// it sees real JIDs), one serialization shared by all who get the same. Occupants whose
+    /// every session turns out to be gone then leave (333).
+    async fn fan_out<'a>(&mut self, pick: impl Fn(usize, bool) -> &'a Arc<Outgoing>) {
         let server = self.server.clone();
+        let sees: Vec<bool> = self.occupants.iter().map(|v| self.sees_jids(v)).collect();
         let mut vanished = Vec::new();
-        for o in &mut self.occupants {
+        for (j, o) in self.occupants.iter_mut().enumerate() {
+            let out = pick(j, sees[j]);
             let mut any = false;
             for seat in &mut o.seats {
-                any |= Self::push_seat(&server, seat, &out);
+                any |= Self::push_seat(&server, seat, out);
             }
             if !any {
                 vanished.push(o.nick.clone());
@@ -409,6 +403,11 @@ impl Room {
         if !vanished.is_empty() {
             Box::pin(self.drop_vanished(vanished)).await;
         }
+    }
+
+    /// One stanza to every occupant.
+    async fn broadcast(&mut self, out: Arc<Outgoing>) {
+        self.fan_out(|_, _| &out).await;
     }
 
     fn item(&self, o: &Occupant, with_jid: bool) -> Element {
@@ -455,28 +454,16 @@ impl Room {
         own_codes.push(110);
         let own = Outgoing::to_each(self.presence_of(o, typ, true, &own_codes, item_extra));
         self.occupants[i].shown = (typ.is_none() && codes.is_empty() && item_extra.is_empty()).then(|| [anon.clone(), named.clone()]);
-        let sees: Vec<bool> = self.occupants.iter().map(|v| self.sees_jids(v)).collect();
-        let server = self.server.clone();
-        let mut vanished = Vec::new();
-        for (j, v) in self.occupants.iter_mut().enumerate() {
-            let out = if j == i {
+        self.fan_out(|j, sees| {
+            if j == i {
                 &own
-            } else if sees[j] {
+            } else if sees {
                 &named
             } else {
                 &anon
-            };
-            let mut any = false;
-            for seat in &mut v.seats {
-                any |= Self::push_seat(&server, seat, out);
             }
-            if !any && j != i {
-                vanished.push(v.nick.clone());
-            }
-        }
-        if !vanished.is_empty() {
-            Box::pin(self.drop_vanished(vanished)).await;
-        }
+        })
+        .await;
     }
 
     /// Remove occupant `i`, telling everyone why (section 7.14 and the removals of 8 and 9).
@@ -495,10 +482,7 @@ impl Room {
             let o = self.occupants.remove(i);
             let anon = Outgoing::to_each(self.presence_of(&o, Some("unavailable"), false, &codes, &extra));
             let named = Outgoing::to_each(self.presence_of(&o, Some("unavailable"), true, &codes, &extra));
-            let sees: Vec<bool> = self.occupants.iter().map(|v| self.sees_jids(v)).collect();
-            for (j, s) in sees.into_iter().enumerate() {
-                self.send_occupant(j, if s { &named } else { &anon });
-            }
+            Box::pin(self.fan_out(|_, sees| if sees { &named } else { &anon })).await;
         } else {
             let nick = self.occupants[i].nick.clone();
             Box::pin(self.broadcast_presence(i, Some("unavailable"), &codes, &[], &extra)).await;
@@ -660,7 +644,7 @@ impl Room {
             let mut el = h.out.el.clone();
             el.children.push(Node::Element(Element::new("delay", ns::DELAY).attr("from", self.jid.to_string()).attr("stamp", stamp(h.ts))));
             let out = Outgoing::to_each(el);
-            chars += out.el.to_xml().len();
+            chars += out.serialized_len();
             if chars > max_chars {
                 break;
             }
@@ -698,17 +682,19 @@ impl Room {
             Outgoing::to_each(p)
         };
         let (anon, named, own) = (mk(false, &[303]), mk(true, &[303]), mk(true, &[303, 110]));
-        let sees: Vec<bool> = self.occupants.iter().map(|v| self.sees_jids(v)).collect();
-        for (j, s) in sees.into_iter().enumerate() {
-            let out = if j == i {
+        let me = self.occupants[i].nick.clone();
+        self.fan_out(|j, sees| {
+            if j == i {
                 &own
-            } else if s {
+            } else if sees {
                 &named
             } else {
                 &anon
-            };
-            self.send_occupant(j, out);
-        }
+            }
+        })
+        .await;
+        // Sending may have dropped vanished occupants.
+        let Some(i) = self.by_nick(&me) else { return };
         self.occupants[i].nick = nick;
         self.occupants[i].presence = presence;
         self.broadcast_presence(i, None, &[], &[], &[]).await;
@@ -766,45 +752,27 @@ impl Room {
         if self.occupants[i].role < Role::Participant {
             return self.send_error(&st, forbidden("you have no voice in this room")).await;
         }
-        let mut el = st.el;
-        let subject = el.find("subject", ns::CLIENT).map(|s| s.text_content());
-        let is_subject = subject.is_some() && el.find("body", ns::CLIENT).is_none();
+        let subject = st.el.find("subject", ns::CLIENT).map(|s| s.text_content());
+        let is_subject = subject.is_some() && st.el.find("body", ns::CLIENT).is_none();
         if is_subject && !self.config.change_subject && self.occupants[i].role != Role::Moderator {
-            let st = Stanza { kind: Kind::Message, from: Some(from), to: Some(Jid::from(self.jid.clone())), el };
             return self.send_error(&st, forbidden("only moderators may change the subject")).await;
         }
+        let mut el = st.el;
         let nick = self.occupants[i].nick.clone();
         let Some(occupant) = occupant_jid(&self.jid, &nick) else { return };
         let room = self.jid.to_string();
         // Only the room stamps its own ids (XEP-0359) and occupant ids (XEP-0421 section 4).
-        el.retain_children(|c| {
-            !(c.is("occupant-id", NS_OCCUPANT_ID) || c.is("stanza-id", mam::NS_SID) && c.get_attr("by").is_none_or(|b| b == room))
-        });
+        mam::strip_forged_ids(&mut el, &room);
+        el.retain_children(|c| !c.is("occupant-id", NS_OCCUPANT_ID));
         el.children.push(Node::Element(Element::new("occupant-id", NS_OCCUPANT_ID).attr("id", self.occupants[i].id.clone())));
         el.set_attr("from", occupant.to_string());
         el.remove_attr("to");
         let keep = el.find("body", ns::CLIENT).is_some() && !mam::has_hint(&el, "no-store");
         let mut pending = None;
         if keep && self.config.archive && !is_subject {
-            let origin_id = el.find("origin-id", mam::NS_SID).and_then(|o| o.get_attr("id")).map(String::from);
-            let submitted = self.server.storage.archive_submit(|id| {
-                let sid = stanza_id_for(id);
-                el.children.push(Node::Element(Element::new("stanza-id", mam::NS_SID).attr("id", sid.clone()).attr("by", room.clone())));
-                NewArchived {
-                    id,
-                    owner: room.clone(),
-                    stanza_id: sid,
-                    peer: room.clone(),
-                    peer_full: occupant.to_string(),
-                    outgoing: false,
-                    ts: id,
-                    origin_id,
-                    xml: el.to_xml(),
-                }
-            });
-            match submitted {
-                Ok(p) => pending = Some(p),
-                Err(e) => tracing::error!(room = %self.jid, error = %e, "archiving a room message"),
+            match mam::submit(&self.server, &self.jid, &occupant, false, &mut el, true) {
+                Ok((_, p)) => pending = Some(p),
+                Err(e) => tracing::error!(room = %self.jid, error = ?e, "archiving a room message"),
             }
         }
         if let Some(p) = pending {
@@ -949,7 +917,7 @@ impl Room {
             (NS_ADMIN, _) => self.admin(&st, &from, &payload).await,
             (mam::NS_MAM, _) => self.archive_query(&from, &payload, get).await,
             (NS_MODERATE, false) => self.moderate(&from, &payload).await,
-            ("vcard-temp", true) => Ok(Some(Element::new("vCard", "vcard-temp"))),
+            (ns::VCARD, true) => Ok(Some(Element::new("vCard", ns::VCARD))),
             _ => Err(Condition::ServiceUnavailable.into()),
         };
         self.answer(&st, r).await;
@@ -1097,22 +1065,7 @@ impl Room {
             .child(with_reason(Element::new("retract", NS_RETRACT).attr("id", sid.clone()).child(moderated)))
             .child(Element::new("store", mam::NS_HINTS));
         if self.config.archive {
-            let pending = self.server.storage.archive_submit(|id| {
-                let new_sid = stanza_id_for(id);
-                m.children.push(Node::Element(Element::new("stanza-id", mam::NS_SID).attr("id", new_sid.clone()).attr("by", room.clone())));
-                NewArchived {
-                    id,
-                    owner: room.clone(),
-                    stanza_id: new_sid,
-                    peer: room.clone(),
-                    peer_full: room.clone(),
-                    outgoing: false,
-                    ts: id,
-                    origin_id: None,
-                    xml: m.to_xml(),
-                }
-            })?;
-            pending.wait().await?;
+            mam::submit(&self.server, &self.jid, &Jid::from(self.jid.clone()), false, &mut m, true)?.1.wait().await?;
         }
         self.broadcast(Outgoing::to_each(m)).await;
         Ok(None)
@@ -1158,9 +1111,10 @@ impl Room {
     /// Consequences of a new configuration (section 10.2).
     async fn configured(&mut self, before: &RoomConfig, was_locked: bool) {
         if self.config.persistent {
+            let was_stored = self.stored;
             self.store().await;
-            if !self.stored {
-                return;
+            if !self.stored || was_stored {
+                return self.after_configuration(before, was_locked).await;
             }
             let all: Vec<(String, String, String)> =
                 self.affiliations.iter().map(|(j, (a, r))| (j.to_string(), a.name().to_string(), r.clone())).collect();
@@ -1170,13 +1124,14 @@ impl Room {
         } else if before.persistent {
             self.unstore().await;
         }
+        self.after_configuration(before, was_locked).await;
+    }
+
+    /// What a new configuration means for the listing and the occupants.
+    async fn after_configuration(&mut self, before: &RoomConfig, was_locked: bool) {
         self.list();
         if self.config.members_only && !before.members_only {
-            while let Some(i) = self
-                .occupants
-                .iter()
-                .position(|o| self.affiliations.get(&o.real).map(|(a, _)| *a).unwrap_or(Affiliation::None) < Affiliation::Member)
-            {
+            while let Some(i) = self.occupants.iter().position(|o| self.affiliation(&o.real) < Affiliation::Member) {
                 self.remove(i, Removal::MembersOnly, None, None).await;
             }
         }
