@@ -7,6 +7,7 @@ pub mod archive;
 pub mod muc;
 pub mod roster;
 pub mod users;
+pub mod walvfs;
 pub mod writer;
 
 use std::time::Duration;
@@ -74,6 +75,8 @@ impl Storage {
                 }
             }
             let url = if path.contains('?') { format!("sqlite://{path}") } else { format!("sqlite://{path}?mode=rwc") };
+            // Before the first connection: every SQLite connection writes its WAL through it.
+            walvfs::install();
             (Backend::Sqlite, url)
         } else {
             (Backend::Postgres, url.to_string())

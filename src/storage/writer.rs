@@ -128,6 +128,7 @@ impl ArchiveWriter {
     /// `checkpoints` is the pool a background task checkpoints the WAL from, so that commits
     /// never wait for a whole checkpoint; the writer only finishes one (see `checkpointer`).
     pub async fn start_sqlite(file: &Path, checkpoints: AnyPool) -> Result<ArchiveWriter> {
+        super::walvfs::install();
         let conn = rusqlite::Connection::open(file)?;
         // As the pool's connections, and no automatic checkpoint.
         conn.execute_batch(super::SQLITE_PRAGMAS)?;
