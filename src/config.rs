@@ -31,8 +31,20 @@ pub struct Config {
     pub offline: OfflineConfig,
     #[serde(default)]
     pub muc: MucConfig,
+    /// External components (XEP-0114), one table each.
+    #[serde(default)]
+    pub components: Vec<ComponentConfig>,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The component's address: a domain of its own (`irc.localhost`), not one of the hosts.
+    pub domain: String,
+    /// The shared secret of its handshake.
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +155,10 @@ pub struct ListenConfig {
     /// Client listeners with direct TLS (XEP-0368, ALPN `xmpp-client`).
     #[serde(default = "default_c2s_tls")]
     pub c2s_direct_tls: Vec<SocketAddr>,
+    /// Listeners for external components (XEP-0114, `jabber:component:accept`, no TLS: bind
+    /// them to loopback or a private network).
+    #[serde(default)]
+    pub component: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -381,6 +397,23 @@ impl Config {
         if self.muc.default_max_occupants == 0 || self.muc.default_max_occupants > self.muc.max_occupants_limit {
             errors.push("muc.default_max_occupants: must be between 1 and muc.max_occupants_limit".into());
         }
+        let muc_domains: Vec<String> =
+            if self.muc.enabled { self.server.hosts.iter().map(|h| format!("{}.{h}", self.muc.subdomain)).collect() } else { Vec::new() };
+        for (i, c) in self.components.iter().enumerate() {
+            match jid::BareJid::new(&c.domain) {
+                Ok(j) if j.node().is_none() && j.domain().as_str() == c.domain => {}
+                _ => errors.push(format!("components: {:?} is not a normalised domain name", c.domain)),
+            }
+            if self.server.hosts.contains(&c.domain) || muc_domains.contains(&c.domain) {
+                errors.push(format!("components: {} is already served (server.hosts or group chat)", c.domain));
+            }
+            if self.components[..i].iter().any(|o| o.domain == c.domain) {
+                errors.push(format!("components: {} is configured twice", c.domain));
+            }
+            if c.secret.is_empty() {
+                errors.push(format!("components: {} has an empty secret", c.domain));
+            }
+        }
         if self.listen.c2s.is_empty() && self.listen.c2s_direct_tls.is_empty() {
             errors.push("listen: no client listener configured".into());
         }
@@ -419,6 +452,20 @@ mod tests {
         assert_eq!(cfg.storage_url(), "sqlite://./data/starling.db");
         assert!(cfg.c2s.require_encryption);
         assert_eq!(cfg.limits.max_stanza_size, 262144);
+    }
+
+    #[test]
+    fn components_need_a_domain_of_their_own_and_a_secret() {
+        let ok = Config::parse("[[components]]\ndomain = 'irc.localhost'\nsecret = 's'\n[listen]\ncomponent = ['127.0.0.1:5347']").unwrap();
+        assert_eq!(ok.components[0].domain, "irc.localhost");
+        assert_eq!(ok.listen.component.len(), 1);
+        let errs = Config::parse(
+            "[[components]]\ndomain = 'localhost'\nsecret = 's'\n[[components]]\ndomain = 'conference.localhost'\nsecret = 's'\n\
+             [[components]]\ndomain = 'a.localhost'\nsecret = ''\n[[components]]\ndomain = 'a.localhost'\nsecret = 's'\n\
+             [[components]]\ndomain = 'Not A Domain'\nsecret = 's'",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 5, "{errs:?}");
     }
 
     #[test]

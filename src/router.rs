@@ -30,8 +30,10 @@ pub enum Destination {
     Host(String),
     LocalBare(BareJid),
     LocalFull(FullJid),
-    /// A local service with addresses of its own: group chat (later also external components).
+    /// A local service with addresses of its own: group chat.
     Service,
+    /// An external component's domain (XEP-0114), connected or not.
+    Component(String),
     Remote(String),
 }
 
@@ -39,6 +41,9 @@ pub fn classify(server: &Server, to: &Jid) -> Destination {
     let domain = to.domain().as_str();
     if server.muc.as_ref().is_some_and(|m| m.serves(domain)) {
         return Destination::Service;
+    }
+    if server.components.serves(domain) {
+        return Destination::Component(domain.to_string());
     }
     if !server.is_local_domain(domain) {
         return Destination::Remote(domain.to_string());
@@ -74,6 +79,7 @@ async fn route_now(server: &Server, stanza: Stanza) {
             Some(muc) => muc.route(server, stanza).await,
             None => bounce(server, &stanza, Condition::ServiceUnavailable).await,
         },
+        Destination::Component(domain) => crate::session::component::route(server, stanza, &domain).await,
         Destination::Remote(domain) => {
             tracing::debug!(%domain, "no route to remote domain");
             bounce(server, &stanza, Condition::RemoteServerNotFound).await;

@@ -35,6 +35,8 @@ pub struct Server {
     pub offline_gates: crate::modules::offline::Gates,
     /// Group chat (XEP-0045), when enabled: a router destination of its own.
     pub muc: Option<Arc<crate::modules::muc::Service>>,
+    /// External components (XEP-0114): a router destination of their own.
+    pub components: crate::session::component::Components,
     /// Payload namespace -> handler, built once from [`MODULES`].
     pub iq_handlers: HashMap<&'static str, &'static IqHandler>,
 }
@@ -60,6 +62,7 @@ pub struct Running {
     pub server: Arc<Server>,
     pub c2s_addrs: Vec<SocketAddr>,
     pub c2s_tls_addrs: Vec<SocketAddr>,
+    pub component_addrs: Vec<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     /// Every connection task holds a clone; all dropped = all streams closed.
     alive_tx: mpsc::Sender<()>,
@@ -77,8 +80,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     }
     let muc = crate::modules::muc::Service::new(&config);
+    let components = crate::session::component::Components::new(&config);
     let server = Arc::new(Server {
         muc,
+        components,
         hosts: config.server.hosts.iter().cloned().collect(),
         throttle: AuthThrottle::new(config.auth.free_failures, Duration::from_secs(config.auth.max_delay_secs)),
         config,
@@ -111,12 +116,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         } else {
             c2s_addrs.push(local);
         }
-        tokio::spawn(accept_loop(server.clone(), l, direct, limit.clone(), alive_tx.clone()));
+        tokio::spawn(accept_loop(server.clone(), l, Link::Client { direct_tls: direct }, limit.clone(), alive_tx.clone()));
     }
-    Ok(Running { server, c2s_addrs, c2s_tls_addrs, shutdown_tx, alive_tx, alive_rx })
+    let mut component_addrs = Vec::new();
+    for addr in server.config.listen.component.clone() {
+        let l = TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?;
+        let local = l.local_addr().map_err(|e| StartError::Listen(addr, e))?;
+        tracing::info!(addr = %local, "listening for components");
+        component_addrs.push(local);
+        tokio::spawn(accept_loop(server.clone(), l, Link::Component, limit.clone(), alive_tx.clone()));
+    }
+    Ok(Running { server, c2s_addrs, c2s_tls_addrs, component_addrs, shutdown_tx, alive_tx, alive_rx })
 }
 
-async fn accept_loop(server: Arc<Server>, listener: TcpListener, direct: bool, limit: Arc<Semaphore>, alive: mpsc::Sender<()>) {
+/// What a listener accepts.
+#[derive(Clone, Copy)]
+enum Link {
+    Client { direct_tls: bool },
+    Component,
+}
+
+async fn accept_loop(server: Arc<Server>, listener: TcpListener, link: Link, limit: Arc<Semaphore>, alive: mpsc::Sender<()>) {
     let mut shutdown = server.shutdown.clone();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -138,7 +158,10 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, direct: bool, l
         let server = server.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
-            crate::session::c2s::serve(server, tcp, peer, direct).await;
+            match link {
+                Link::Client { direct_tls } => crate::session::c2s::serve(server, tcp, peer, direct_tls).await,
+                Link::Component => crate::session::component::serve(server, tcp, peer).await,
+            }
             drop(permit);
             drop(alive);
         });
@@ -154,6 +177,7 @@ impl Running {
         // mailbox (a session bound after this sweep sees the flag when its loop starts).
         let _ = shutdown_tx.send(true);
         server.sessions.close_all(crate::error::StreamError::SystemShutdown);
+        server.components.close_all(crate::error::StreamError::SystemShutdown);
         drop(alive_tx);
         let grace = Duration::from_secs(server.config.server.shutdown_grace_secs);
         if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {

@@ -151,6 +151,7 @@ pub const MODULES: &[&Module] = &[
     &mam::MODULE,
     &carbons::MODULE,
     &muc::MODULE,
+    &crate::session::component::MODULE,
 ];
 
 /// Find the handler for a payload namespace (the table is built once at start-up).

@@ -56,6 +56,12 @@ impl Outgoing {
         out.push_str(&bytes[head..]);
     }
 
+    /// Append the stanza as a link that carries it whole writes it (an external component:
+    /// stanzas for it always carry their own `to`).
+    pub fn write_to_link(&self, out: &mut String) {
+        out.push_str(self.bytes());
+    }
+
     /// Length of the serialization sessions write (made once, here or at the first write).
     pub fn serialized_len(&self) -> usize {
         self.bytes().len()

@@ -37,6 +37,8 @@ pub struct TestServer {
     pub running: Option<Running>,
     pub c2s: SocketAddr,
     pub c2s_tls: SocketAddr,
+    /// The component listener (XEP-0114), when the configuration has one.
+    pub component: Option<SocketAddr>,
     pub dir: PathBuf,
     pub storage: Storage,
     pub url: String,
@@ -89,6 +91,7 @@ impl TestServer {
         TestServer {
             c2s: running.c2s_addrs[0],
             c2s_tls: running.c2s_tls_addrs[0],
+            component: running.component_addrs.first().copied(),
             running: Some(running),
             dir,
             storage,
@@ -122,6 +125,7 @@ impl TestServer {
         self.storage = running.server.storage.clone();
         self.c2s = running.c2s_addrs[0];
         self.c2s_tls = running.c2s_tls_addrs[0];
+        self.component = running.component_addrs.first().copied();
         self.running = Some(running);
         self
     }

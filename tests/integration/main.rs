@@ -2,6 +2,7 @@
 
 mod binary;
 mod common;
+mod component;
 mod core;
 mod fault;
 mod hostile;
