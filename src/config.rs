@@ -35,7 +35,40 @@ pub struct Config {
     #[serde(default)]
     pub components: Vec<ComponentConfig>,
     #[serde(default)]
+    pub http: HttpConfig,
+    /// HTTP bots and webhooks, one table each.
+    #[serde(default)]
+    pub bots: Vec<BotConfig>,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// HTTP listeners (webhooks). Plain HTTP: put a TLS reverse proxy in front of a public one.
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BotConfig {
+    /// Every address at this domain (a domain of its own) is the bot's.
+    pub domain: String,
+    /// Messages to the bot are POSTed here as JSON; the response is the bot's answer. Empty:
+    /// the bot only pushes events (webhooks) and messages to it are refused.
+    #[serde(default)]
+    pub url: String,
+    /// Signs the calls to `url` (X-Starling-Signature: sha256=HMAC-SHA-256 of the body) and
+    /// authenticates the events external systems POST to /hooks/<domain>/<name>.
+    pub secret: String,
+    /// Where pushed events go when the request names no `to`: accounts' JIDs.
+    #[serde(default)]
+    pub notify: Vec<String>,
+    /// Seconds to wait for the bot's answer.
+    #[serde(default = "default_bot_timeout")]
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +280,9 @@ fn default_shutdown_grace() -> u64 {
 fn default_pool() -> u32 {
     8
 }
+fn default_bot_timeout() -> u64 {
+    15
+}
 fn default_c2s() -> Vec<SocketAddr> {
     vec!["0.0.0.0:5222".parse().expect("static address")]
 }
@@ -399,19 +435,36 @@ impl Config {
         }
         let muc_domains: Vec<String> =
             if self.muc.enabled { self.server.hosts.iter().map(|h| format!("{}.{h}", self.muc.subdomain)).collect() } else { Vec::new() };
-        for (i, c) in self.components.iter().enumerate() {
-            match jid::BareJid::new(&c.domain) {
-                Ok(j) if j.node().is_none() && j.domain().as_str() == c.domain => {}
-                _ => errors.push(format!("components: {:?} is not a normalised domain name", c.domain)),
+        let services = self
+            .components
+            .iter()
+            .map(|c| ("components", &c.domain, &c.secret))
+            .chain(self.bots.iter().map(|b| ("bots", &b.domain, &b.secret)));
+        let mut seen: Vec<&String> = Vec::new();
+        for (table, domain, secret) in services {
+            match jid::BareJid::new(domain) {
+                Ok(j) if j.node().is_none() && j.domain().as_str() == domain => {}
+                _ => errors.push(format!("{table}: {domain:?} is not a normalised domain name")),
             }
-            if self.server.hosts.contains(&c.domain) || muc_domains.contains(&c.domain) {
-                errors.push(format!("components: {} is already served (server.hosts or group chat)", c.domain));
+            if self.server.hosts.contains(domain) || muc_domains.contains(domain) {
+                errors.push(format!("{table}: {domain} is already served (server.hosts or group chat)"));
             }
-            if self.components[..i].iter().any(|o| o.domain == c.domain) {
-                errors.push(format!("components: {} is configured twice", c.domain));
+            if seen.contains(&domain) {
+                errors.push(format!("{table}: {domain} is configured twice"));
             }
-            if c.secret.is_empty() {
-                errors.push(format!("components: {} has an empty secret", c.domain));
+            seen.push(domain);
+            if secret.is_empty() {
+                errors.push(format!("{table}: {domain} has an empty secret"));
+            }
+        }
+        for b in &self.bots {
+            if !(b.url.is_empty() || b.url.starts_with("http://") || b.url.starts_with("https://")) {
+                errors.push(format!("bots: {}: url must be http:// or https://", b.domain));
+            }
+            for n in &b.notify {
+                if jid::BareJid::new(n).is_err() {
+                    errors.push(format!("bots: {}: notify: {n:?} is not a JID", b.domain));
+                }
             }
         }
         if self.listen.c2s.is_empty() && self.listen.c2s_direct_tls.is_empty() {
@@ -466,6 +519,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errs.len(), 5, "{errs:?}");
+        let errs = Config::parse(
+            "[[bots]]\ndomain = 'bots.localhost'\nsecret = 's'\nurl = 'ftp://x'\nnotify = ['a@b@c']\n\
+             [[components]]\ndomain = 'bots.localhost'\nsecret = 's'",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 3, "url, notify, and the domain taken twice: {errs:?}");
     }
 
     #[test]

@@ -30,6 +30,7 @@
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod jid;
 pub mod modules;
 pub mod router;

@@ -34,6 +34,8 @@ pub enum Destination {
     Service,
     /// An external component's domain (XEP-0114), connected or not.
     Component(String),
+    /// An HTTP bot's domain (`[[bots]]`).
+    Bot(String),
     Remote(String),
 }
 
@@ -44,6 +46,9 @@ pub fn classify(server: &Server, to: &Jid) -> Destination {
     }
     if server.components.serves(domain) {
         return Destination::Component(domain.to_string());
+    }
+    if server.bots.serves(domain) {
+        return Destination::Bot(domain.to_string());
     }
     if !server.is_local_domain(domain) {
         return Destination::Remote(domain.to_string());
@@ -80,6 +85,7 @@ async fn route_now(server: &Server, stanza: Stanza) {
             None => bounce(server, &stanza, Condition::ServiceUnavailable).await,
         },
         Destination::Component(domain) => crate::session::component::route(server, stanza, &domain).await,
+        Destination::Bot(domain) => modules::bots::route(server, stanza, &domain).await,
         Destination::Remote(domain) => {
             tracing::debug!(%domain, "no route to remote domain");
             bounce(server, &stanza, Condition::RemoteServerNotFound).await;

@@ -37,6 +37,8 @@ pub struct Server {
     pub muc: Option<Arc<crate::modules::muc::Service>>,
     /// External components (XEP-0114): a router destination of their own.
     pub components: crate::session::component::Components,
+    /// HTTP bots and webhooks: a router destination of their own.
+    pub bots: crate::modules::bots::Bots,
     /// Payload namespace -> handler, built once from [`MODULES`].
     pub iq_handlers: HashMap<&'static str, &'static IqHandler>,
 }
@@ -63,6 +65,7 @@ pub struct Running {
     pub c2s_addrs: Vec<SocketAddr>,
     pub c2s_tls_addrs: Vec<SocketAddr>,
     pub component_addrs: Vec<SocketAddr>,
+    pub http_addrs: Vec<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     /// Every connection task holds a clone; all dropped = all streams closed.
     alive_tx: mpsc::Sender<()>,
@@ -84,6 +87,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let server = Arc::new(Server {
         muc,
         components,
+        bots: crate::modules::bots::Bots::new(&config),
         hosts: config.server.hosts.iter().cloned().collect(),
         throttle: AuthThrottle::new(config.auth.free_failures, Duration::from_secs(config.auth.max_delay_secs)),
         config,
@@ -126,7 +130,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         component_addrs.push(local);
         tokio::spawn(accept_loop(server.clone(), l, Link::Component, limit.clone(), alive_tx.clone()));
     }
-    Ok(Running { server, c2s_addrs, c2s_tls_addrs, component_addrs, shutdown_tx, alive_tx, alive_rx })
+    let http_addrs = crate::http::listen(&server).await?;
+    crate::modules::bots::Bots::start(&server);
+    Ok(Running { server, c2s_addrs, c2s_tls_addrs, component_addrs, http_addrs, shutdown_tx, alive_tx, alive_rx })
 }
 
 /// What a listener accepts.

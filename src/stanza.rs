@@ -129,6 +129,12 @@ impl Stanza {
     }
 }
 
+/// A fresh random id for a stream or a stanza the server makes (16 alphanumerics).
+pub fn new_id() -> String {
+    use rand::Rng;
+    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(16).map(char::from).collect()
+}
+
 /// Build a new stanza element.
 pub fn presence(from: &Jid, to: &Jid, typ: Option<&str>) -> Element {
     Element::new("presence", ns::CLIENT).attr("from", from.to_string()).attr("to", to.to_string()).attr_opt("type", typ)

@@ -71,9 +71,10 @@ fn items<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
                 q = q.child(Element::new("item", ns::DISCO_ITEMS).attr("jid", d.clone()).attr("name", "Chatrooms"));
             }
         }
-        // Connected external components (gateways, bots), which answer their own disco#info.
+        // Connected external components (gateways, bots) and HTTP bots.
         if let IqTarget::Host(_) = req.target {
             let mut components: Vec<&str> = server.components.domains().filter(|d| server.components.is_connected(d)).collect();
+            components.extend(server.bots.domains());
             components.sort();
             for d in components {
                 q = q.child(Element::new("item", ns::DISCO_ITEMS).attr("jid", d));

@@ -3,6 +3,7 @@
 //! feature index: disco replies and the README's specification table are generated from it.
 
 pub mod blocking;
+pub mod bots;
 pub mod carbons;
 pub mod disco;
 pub mod last;

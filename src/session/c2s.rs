@@ -12,8 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::distributions::Alphanumeric;
-use rand::Rng;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -31,7 +29,7 @@ use crate::sasl::credentials::b64;
 use crate::sasl::scram::{self, ChannelBindings};
 use crate::sasl::{parse_plain, Failure, Mechanism, ThrottleKey};
 use crate::server::Server;
-use crate::stanza::{self, Kind, Stanza};
+use crate::stanza::{self, new_id, Kind, Stanza};
 use crate::stream::header;
 use crate::stream::tls::Transport;
 use crate::xml::{ns, Element, Limits, StreamHeader, XmlError, XmlEvent, XmlReader};
@@ -118,10 +116,6 @@ struct Negotiation {
     handed_off: bool,
     limits: Limits,
     deadline: tokio::time::Instant,
-}
-
-fn new_id() -> String {
-    rand::thread_rng().sample_iter(&Alphanumeric).take(16).map(char::from).collect()
 }
 
 impl Negotiation {

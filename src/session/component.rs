@@ -30,7 +30,7 @@ use crate::modules::{offline, Module, Spec};
 use crate::router;
 use crate::sasl::ThrottleKey;
 use crate::server::Server;
-use crate::stanza::{Kind, Stanza};
+use crate::stanza::{new_id, Kind, Stanza};
 use crate::stream::tls::Transport;
 use crate::xml::{escape, ns, Element, Limits, Node, XmlError, XmlEvent, XmlReader};
 
@@ -460,11 +460,6 @@ fn header(id: &str, from: &str) -> String {
         escape(id),
         escape(from)
     )
-}
-
-fn new_id() -> String {
-    use rand::Rng;
-    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(16).map(char::from).collect()
 }
 
 /// Lowercase hex SHA-1 of the stream id followed by the secret (XEP-0114 section 3).

@@ -39,6 +39,8 @@ pub struct TestServer {
     pub c2s_tls: SocketAddr,
     /// The component listener (XEP-0114), when the configuration has one.
     pub component: Option<SocketAddr>,
+    /// The HTTP listener (webhooks), when the configuration has one.
+    pub http: Option<SocketAddr>,
     pub dir: PathBuf,
     pub storage: Storage,
     pub url: String,
@@ -92,6 +94,7 @@ impl TestServer {
             c2s: running.c2s_addrs[0],
             c2s_tls: running.c2s_tls_addrs[0],
             component: running.component_addrs.first().copied(),
+            http: running.http_addrs.first().copied(),
             running: Some(running),
             dir,
             storage,
@@ -126,6 +129,7 @@ impl TestServer {
         self.c2s = running.c2s_addrs[0];
         self.c2s_tls = running.c2s_tls_addrs[0];
         self.component = running.component_addrs.first().copied();
+        self.http = running.http_addrs.first().copied();
         self.running = Some(running);
         self
     }

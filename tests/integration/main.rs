@@ -1,6 +1,7 @@
 //! One integration-test binary: a real server in-process, spoken to over TCP and TLS.
 
 mod binary;
+mod bots;
 mod common;
 mod component;
 mod core;

@@ -1,0 +1,55 @@
+//! The HTTP listener (`[http] listen`): webhooks now, the REST API next. One axum router over
+//! the shared `Server`; it stops with the server.
+//!
+//! - `POST /hooks/<domain>/<name>`: an event for the bot at `<domain>` (see
+//!   `modules::bots::incoming`), sent as a message from `<name>@<domain>`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+use crate::server::{Server, StartError};
+
+fn router(server: Arc<Server>) -> Router {
+    Router::new().route("/hooks/{domain}/{name}", post(hook)).with_state(server)
+}
+
+/// Bind every configured HTTP listener and serve until shutdown; the bound addresses.
+pub async fn listen(server: &Arc<Server>) -> Result<Vec<SocketAddr>, StartError> {
+    let mut bound = Vec::new();
+    for addr in server.config.http.listen.clone() {
+        let l = TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?;
+        let local = l.local_addr().map_err(|e| StartError::Listen(addr, e))?;
+        tracing::info!(addr = %local, "listening for HTTP");
+        bound.push(local);
+        let mut shutdown = server.shutdown.clone();
+        let app = router(server.clone());
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = shutdown.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                tracing::error!(error = %e, "HTTP listener failed");
+            }
+        });
+    }
+    Ok(bound)
+}
+
+async fn hook(
+    State(server): State<Arc<Server>>,
+    Path((domain, name)): Path<(String, String)>,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let (status, answer) = crate::modules::bots::incoming(&server, &domain, &name, &headers, &query, &body).await;
+    (StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), Json(answer))
+}
