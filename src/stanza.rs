@@ -34,6 +34,15 @@ impl Stanza {
         }
     }
 
+    /// [`Stanza::parse`] for a link reading from its peer: the error is the serialized
+    /// answer to send back (empty where none is due, as for an error stanza).
+    pub fn parse_or_answer(el: Element) -> Result<Stanza, String> {
+        Self::parse(el).map_err(|bad| {
+            let (el, e) = *bad;
+            e.reply_to(&el).map(|r| r.to_xml_in(ns::CLIENT)).unwrap_or_default()
+        })
+    }
+
     /// Parse the envelope. Addresses that are not JIDs give `jid-malformed`; an iq without an
     /// id or with a wrong type, or with a payload count other than one for get/set, gives
     /// `bad-request` (RFC 6120 section 8.2.3).

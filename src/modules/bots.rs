@@ -31,6 +31,7 @@ use crate::error::Condition;
 use crate::jid::{self, BareJid, Jid};
 use crate::modules::offline;
 use crate::router;
+use crate::sasl::constant_time_eq;
 use crate::server::Server;
 use crate::stanza::{Kind, Stanza};
 use crate::xml::{ns, Element};
@@ -347,10 +348,6 @@ pub async fn incoming(
 
 fn header<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The bot's secret as a bearer token, `?token=`, GitLab's `X-Gitlab-Token`, or GitHub's HMAC

@@ -87,6 +87,11 @@ impl Mechanism {
     }
 }
 
+/// Compare secrets without leaking where they first differ (the length is not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// PLAIN (RFC 4616): `[authzid] NUL authcid NUL passwd`.
 pub fn parse_plain(data: &[u8]) -> Result<(Option<String>, String, String), Failure> {
     let s = std::str::from_utf8(data).map_err(|_| Failure::MalformedRequest)?;
@@ -160,6 +165,14 @@ impl AuthThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
 
     #[test]
     fn plain_parsing() {

@@ -172,9 +172,7 @@ impl ScramPending {
         }
         let client_key: Vec<u8> = proof.iter().zip(&client_sig).map(|(a, b)| a ^ b).collect();
         let check = hash.digest(&client_key);
-        // Constant-time comparison.
-        let diff = check.iter().zip(&self.stored_key).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 || check.len() != self.stored_key.len() {
+        if !super::constant_time_eq(&check, &self.stored_key) {
             return Err(Failure::NotAuthorized);
         }
         let server_sig = hash.hmac(&self.server_key, auth_message.as_bytes());

@@ -515,13 +515,10 @@ impl Negotiation {
     }
 
     async fn pre_bind_iq(&mut self, el: Element) -> Result<Option<Bound>, StreamError> {
-        let st = match Stanza::parse(el) {
+        let st = match Stanza::parse_or_answer(el) {
             Ok(s) => s,
-            Err(bad) => {
-                let (el, e) = *bad;
-                if let Some(r) = e.reply_to(&el) {
-                    self.write(&r.to_xml_in(ns::CLIENT)).await?;
-                }
+            Err(answer) => {
+                self.write(&answer).await?;
                 return Ok(None);
             }
         };
@@ -970,13 +967,10 @@ impl Bound {
     }
 
     async fn stanza(&mut self, el: Element) -> Option<End> {
-        let mut st = match Stanza::parse(el) {
+        let mut st = match Stanza::parse_or_answer(el) {
             Ok(s) => s,
-            Err(bad) => {
-                let (el, e) = *bad;
-                if let Some(r) = e.reply_to(&el) {
-                    self.out.push_str(&r.to_xml_in(ns::CLIENT));
-                }
+            Err(answer) => {
+                self.out.push_str(&answer);
                 return None;
             }
         };
