@@ -13,6 +13,7 @@ use crate::server::Server;
 use crate::session::{Deliver, Outgoing, SessionEntry};
 use crate::stanza::{self, Stanza};
 use crate::storage::now_secs;
+use crate::storage::roster::RosterItem;
 use crate::xml::{ns, Element};
 
 pub const MODULE: Module = Module { name: "presence", specs: &[], host_features: &[], account_features: &[], iq: &[] };
@@ -29,14 +30,17 @@ fn priority_of(el: &Element) -> i8 {
     el.find("priority", ns::CLIENT).and_then(|p| p.text_content().trim().parse::<i8>().ok()).unwrap_or(0)
 }
 
-async fn subscribers(server: &Server, owner: &BareJid) -> Vec<Jid> {
-    match server.storage.roster(owner.as_str()).await {
-        Ok(items) => items.into_iter().filter(|i| i.subscription.from()).filter_map(|i| crate::jid::parse(&i.contact)).collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "loading roster for presence broadcast");
-            Vec::new()
-        }
-    }
+/// The account's roster for a presence broadcast (empty, and logged, when storage fails).
+async fn load_roster(server: &Server, owner: &BareJid) -> Vec<RosterItem> {
+    server.storage.roster(owner.as_str()).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "loading roster for presence");
+        Vec::new()
+    })
+}
+
+/// Contacts subscribed to the account's presence (subscription from or both).
+fn subscribers(roster: &[RosterItem]) -> impl Iterator<Item = Jid> + '_ {
+    roster.iter().filter(|i| i.subscription.from()).filter_map(|i| crate::jid::parse(&i.contact))
 }
 
 fn to_sessions(server: &Server, sessions: &[SessionEntry], el: &Element) {
@@ -80,13 +84,15 @@ impl SessionPresence {
                 let all = server.sessions.sessions(&owner, |s| s.available);
                 to_sessions(server, &all, &el);
                 let others: Vec<SessionEntry> = all.into_iter().filter(|s| &s.jid != me).collect();
-                for contact in subscribers(server, &owner).await {
+                // One read serves the broadcast and, on initial presence, the probes.
+                let roster = load_roster(server, &owner).await;
+                for contact in subscribers(&roster) {
                     let mut e = el.clone();
                     e.set_attr("to", contact.to_string());
                     router::route_element(server, e).await;
                 }
                 if initial {
-                    self.initial(server, me, &owner, &others).await;
+                    self.initial(server, me, &owner, &others, &roster).await;
                 }
             }
             Some("unavailable") => {
@@ -98,7 +104,7 @@ impl SessionPresence {
 
     /// After initial presence: probe contacts, show the other resources, redeliver pending
     /// subscription requests (RFC 6121 sections 3.1.3 and 4.2.2).
-    async fn initial(&mut self, server: &Server, me: &FullJid, owner: &BareJid, others: &[SessionEntry]) {
+    async fn initial(&mut self, server: &Server, me: &FullJid, owner: &BareJid, others: &[SessionEntry], roster: &[RosterItem]) {
         let me_jid = Jid::from(me.clone());
         for s in others {
             if let Some(p) = &s.presence {
@@ -109,15 +115,10 @@ impl SessionPresence {
                 }
             }
         }
-        match server.storage.roster(owner.as_str()).await {
-            Ok(items) => {
-                for item in items.iter().filter(|i| i.subscription.to()) {
-                    if let Some(c) = crate::jid::parse(&item.contact) {
-                        router::route_element(server, stanza::presence(&me_jid, &c, Some("probe"))).await;
-                    }
-                }
+        for item in roster.iter().filter(|i| i.subscription.to()) {
+            if let Some(c) = crate::jid::parse(&item.contact) {
+                router::route_element(server, stanza::presence(&me_jid, &c, Some("probe"))).await;
             }
-            Err(e) => tracing::error!(error = %e, "loading roster for probes"),
         }
         match server.storage.subscription_requests(owner.as_str()).await {
             Ok(reqs) => {
@@ -147,7 +148,7 @@ impl SessionPresence {
         if was_available {
             let others = server.sessions.sessions(&owner, |s| s.available && &s.jid != me);
             to_sessions(server, &others, &el);
-            targets.extend(subscribers(server, &owner).await);
+            targets.extend(subscribers(&load_roster(server, &owner).await));
             if others.is_empty() {
                 let status = el.find("status", ns::CLIENT).map(|s| s.text_content()).unwrap_or_default();
                 if let Err(e) = server.storage.set_last_activity(owner.as_str(), now_secs(), &status).await {
