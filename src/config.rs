@@ -63,9 +63,17 @@ pub struct BotConfig {
     /// Signs the calls to `url` (X-Starling-Signature: sha256=HMAC-SHA-256 of the body) and
     /// authenticates the events external systems POST to /hooks/<domain>/<name>.
     pub secret: String,
-    /// Where pushed events go when the request names no `to`: accounts' JIDs.
+    /// Where pushed events go when the request names no `to`: accounts' or rooms' JIDs (an
+    /// event for a room is said there by an occupant named after the hook).
     #[serde(default)]
     pub notify: Vec<String>,
+    /// Rooms the bot sits in, as `nick`, to take part: their messages are POSTed to `url` like
+    /// any other, and its answers said in the room.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// The bot's nick in `rooms`; by default the first label of its domain.
+    #[serde(default)]
+    pub nick: String,
     /// Seconds to wait for the bot's answer.
     #[serde(default = "default_bot_timeout")]
     pub timeout_secs: u64,
@@ -466,6 +474,14 @@ impl Config {
                     errors.push(format!("bots: {}: notify: {n:?} is not a JID", b.domain));
                 }
             }
+            for r in &b.rooms {
+                if !jid::BareJid::new(r).is_ok_and(|j| j.node().is_some()) {
+                    errors.push(format!("bots: {}: rooms: {r:?} is not a room's JID", b.domain));
+                }
+            }
+            if !b.nick.is_empty() && jid::BareJid::new(&format!("{}@{}", b.nick, b.domain)).is_err() {
+                errors.push(format!("bots: {}: nick {:?} is not usable as an address at the bot's domain", b.domain, b.nick));
+            }
         }
         if self.listen.c2s.is_empty() && self.listen.c2s_direct_tls.is_empty() {
             errors.push("listen: no client listener configured".into());
@@ -521,10 +537,11 @@ mod tests {
         assert_eq!(errs.len(), 5, "{errs:?}");
         let errs = Config::parse(
             "[[bots]]\ndomain = 'bots.localhost'\nsecret = 's'\nurl = 'ftp://x'\nnotify = ['a@b@c']\n\
+             rooms = ['conference.localhost']\nnick = 'a b'\n\
              [[components]]\ndomain = 'bots.localhost'\nsecret = 's'",
         )
         .unwrap_err();
-        assert_eq!(errs.len(), 3, "url, notify, and the domain taken twice: {errs:?}");
+        assert_eq!(errs.len(), 5, "url, notify, rooms, nick, and the domain taken twice: {errs:?}");
     }
 
     #[test]

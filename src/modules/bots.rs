@@ -14,11 +14,17 @@
 //!   request's `to` addresses or the bot's `notify` list. The response comes once every
 //!   message was routed, which for a local account means archived or stored.
 //!
+//! - **Rooms**: a bot sits in the rooms of its `rooms` list as `nick` (joined at start and
+//!   again every half minute while it is not seated, as after a restart or before the room
+//!   exists), and takes part like anyone: the room's messages are POSTed to it (not its own,
+//!   nor ones without a body) and its answers said in the room. An event pushed to a room is
+//!   said by an occupant named after the hook (`<name>`), seated on first use.
+//!
 //! Presence subscriptions to a bot are accepted, and probes answered, so a bot sits in a
 //! roster like a contact who is always online. disco#info is answered on the bot's behalf.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -29,6 +35,7 @@ use tokio::sync::Notify;
 use crate::config::{BotConfig, Config};
 use crate::error::Condition;
 use crate::jid::{self, BareJid, Jid};
+use crate::modules::muc::NS_MUC;
 use crate::modules::offline;
 use crate::router;
 use crate::sasl::constant_time_eq;
@@ -40,11 +47,44 @@ use crate::xml::{ns, Element};
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest text made of a pushed event.
 const MAX_TEXT: usize = 4000;
+/// How often a bot tries again to sit in the rooms of its list it is not in.
+const REJOIN: Duration = Duration::from_secs(30);
+/// The resource of a bot's occupants: `<nick>@<domain>/rooms`.
+const ROOMS_RESOURCE: &str = "rooms";
 
 pub struct Bot {
     pub config: BotConfig,
     /// Woken when a message for the bot was stored.
     wake: Notify,
+    /// (room, nick) where one of the bot's occupants is seated, or its join is on its way:
+    /// set when the join is sent, cleared by the room's error or unavailable presence.
+    seated: Mutex<HashSet<(String, String)>>,
+}
+
+impl Bot {
+    /// The bot's nick in the rooms of its list.
+    pub fn nick(&self) -> &str {
+        match self.config.nick.as_str() {
+            "" => self.config.domain.split('.').next().unwrap_or(&self.config.domain),
+            n => n,
+        }
+    }
+
+    fn seated(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.seated.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sit in `room` as `nick` unless already there: a join asking for no history.
+    async fn sit(&self, server: &Server, room: &str, nick: &str) {
+        if !self.seated().insert((room.to_string(), nick.to_string())) {
+            return;
+        }
+        let join = Element::new("presence", ns::CLIENT)
+            .attr("from", format!("{nick}@{}/{ROOMS_RESOURCE}", self.config.domain))
+            .attr("to", format!("{room}/{nick}"))
+            .child(Element::new("x", NS_MUC).child(Element::new("history", NS_MUC).attr("maxstanzas", "0")));
+        router::route_element(server, join).await;
+    }
 }
 
 /// The configured bots, by domain, and the HTTP client that calls them.
@@ -55,7 +95,11 @@ pub struct Bots {
 
 impl Bots {
     pub fn new(config: &Config) -> Bots {
-        let by_domain = config.bots.iter().map(|b| (b.domain.clone(), Arc::new(Bot { config: b.clone(), wake: Notify::new() }))).collect();
+        let by_domain = config
+            .bots
+            .iter()
+            .map(|b| (b.domain.clone(), Arc::new(Bot { config: b.clone(), wake: Notify::new(), seated: Mutex::new(HashSet::new()) })))
+            .collect();
         let client = reqwest::Client::builder()
             .user_agent(concat!("Starling/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -80,6 +124,9 @@ impl Bots {
         for bot in server.bots.by_domain.values() {
             if !bot.config.url.is_empty() {
                 tokio::spawn(worker(server.clone(), bot.clone()));
+                if !bot.config.rooms.is_empty() {
+                    tokio::spawn(sit_in_rooms(server.clone(), bot.clone()));
+                }
             }
         }
     }
@@ -94,12 +141,20 @@ pub async fn route(server: &Server, stanza: Stanza, domain: &str) {
     let Some(bot) = server.bots.get(domain) else { return };
     match stanza.kind {
         Kind::Message if stanza.is_error() => {}
+        Kind::Message if stanza.typ() == Some("groupchat") && (bot.config.url.is_empty() || !for_the_bot(&stanza, bot.nick())) => {}
         Kind::Message => {
             if bot.config.url.is_empty() {
                 return router::bounce(server, &stanza, Condition::ServiceUnavailable).await;
             }
             let Some(owner) = owner(domain) else { return };
-            match offline::store(server, &owner, stanza.el.clone(), None).await {
+            // A room's message was chosen above (`for_the_bot`); any other is kept as a
+            // client's offline message would be.
+            let kept = if stanza.typ() == Some("groupchat") {
+                offline::keep(server, &owner, stanza.el.clone(), None).await.map(|()| true)
+            } else {
+                offline::store(server, &owner, stanza.el.clone(), None).await
+            };
+            match kept {
                 Ok(true) => bot.wake.notify_one(),
                 Ok(false) => {}
                 Err(e) => router::bounce(server, &stanza, e).await,
@@ -128,9 +183,47 @@ pub async fn route(server: &Server, stanza: Stanza, domain: &str) {
     }
 }
 
-/// A bot accepts every subscription and is always available.
+/// A room's message worth the bot's attention: to the bot's own occupant (not to an occupant
+/// of its hooks), with a body, live (not history), and not the bot's own, which the room
+/// reflects back to it.
+fn for_the_bot(st: &Stanza, nick: &str) -> bool {
+    let (Some(from), Some(to)) = (&st.from, &st.to) else { return false };
+    to.node().is_some_and(|n| n.as_str() == nick)
+        && from.resource().is_some_and(|r| r.as_str() != nick)
+        && st.el.find("body", ns::CLIENT).is_some()
+        && st.el.find("delay", ns::DELAY).is_none()
+}
+
+/// Sit in the rooms of the bot's list, and again in any it is no longer in, until shutdown.
+async fn sit_in_rooms(server: Arc<Server>, bot: Arc<Bot>) {
+    let mut shutdown = server.shutdown.clone();
+    while !*shutdown.borrow() {
+        for room in &bot.config.rooms {
+            bot.sit(&server, room, bot.nick()).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REJOIN) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// A bot accepts every subscription and is always available. A room's presence for one of its
+/// occupants tells whether it is seated.
 async fn presence(server: &Server, stanza: &Stanza) {
     let (Some(from), Some(to)) = (&stanza.from, &stanza.to) else { return };
+    let occupancy = matches!(stanza.typ(), None | Some("unavailable") | Some("error"));
+    if let (true, Some(nick), Some(bot)) = (occupancy, from.resource(), server.bots.get(to.domain().as_str())) {
+        // An occupant's presence from a room; its own when the nick is the address's node
+        // (the bot's occupants are <nick>@<domain>/rooms).
+        let own = to.node().is_some_and(|n| n.as_str() == nick.as_str());
+        if own && matches!(stanza.typ(), Some("unavailable") | Some("error")) {
+            let key = (from.to_bare().to_string(), nick.to_string());
+            bot.seated().remove(&key);
+            tracing::info!(bot = %bot.config.domain, room = %key.0, nick = %key.1, "not in the room");
+        }
+        return;
+    }
     let bot = to.to_bare();
     let answer = |typ: Option<&str>| crate::stanza::presence(&Jid::from(bot.clone()), &Jid::from(from.to_bare()), typ);
     match stanza.typ() {
@@ -262,8 +355,10 @@ async fn call(client: &reqwest::Client, bot: &BotConfig, el: &Element) -> Result
 fn replies(el: &Element, text: &str, is_json: bool) -> Vec<Element> {
     let (Some(me), Some(sender)) = (el.get_attr("to"), el.get_attr("from")) else { return Vec::new() };
     let typ = el.get_attr("type").unwrap_or("normal");
+    // In a room, the answer is said to the room.
+    let room = (typ == "groupchat").then(|| sender.split('/').next().unwrap_or(sender));
     let make = |body: &str, to: Option<&str>, typ_override: Option<&str>| {
-        let to = to.filter(|t| jid::parse(t).is_some()).unwrap_or(sender);
+        let to = to.filter(|t| jid::parse(t).is_some()).or(room).unwrap_or(sender);
         let mut m = Element::new("message", ns::CLIENT)
             .attr("from", me)
             .attr("to", to)
@@ -335,10 +430,18 @@ pub async fn incoming(
         return (400, json!({"error": "nothing to say: empty event"}));
     }
     for t in &targets {
+        let is_room = t.node().is_some() && server.muc.as_ref().is_some_and(|m| m.serves(t.domain().as_str()));
+        let (from, typ) = if is_room {
+            bot.sit(server, &t.to_bare().to_string(), name).await;
+            (format!("{from}/{ROOMS_RESOURCE}"), "groupchat")
+        } else {
+            (from.to_string(), "chat")
+        };
+        let to = if is_room { t.to_bare().to_string() } else { t.to_string() };
         let el = Element::new("message", ns::CLIENT)
-            .attr("from", from.to_string())
-            .attr("to", t.to_string())
-            .attr("type", "chat")
+            .attr("from", from)
+            .attr("to", to)
+            .attr("type", typ)
             .attr("id", crate::stanza::new_id())
             .child(Element::new("body", ns::CLIENT).text(text.clone()));
         router::route_element(server, el).await;

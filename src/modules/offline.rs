@@ -84,10 +84,16 @@ pub fn storable(el: &Element) -> bool {
 }
 
 /// Keep `el` for `owner`. `Ok(false)`: not a message that is kept (dropped silently).
-pub async fn store(server: &Server, owner: &BareJid, mut el: Element, stanza_id: Option<&str>) -> Result<bool, StanzaError> {
+pub async fn store(server: &Server, owner: &BareJid, el: Element, stanza_id: Option<&str>) -> Result<bool, StanzaError> {
     if !storable(&el) {
         return Ok(false);
     }
+    keep(server, owner, el, stanza_id).await.map(|()| true)
+}
+
+/// Keep `el` for `owner` whatever its kind (within the quota): for a queue that is not a
+/// client's, such as an HTTP bot's, which takes a room's messages too.
+pub async fn keep(server: &Server, owner: &BareJid, mut el: Element, stanza_id: Option<&str>) -> Result<(), StanzaError> {
     let quota = server.config.offline.max_per_account;
     if server.storage.offline_count(owner.as_str()).await? >= quota {
         // XEP-0160 section 3: a full offline queue is reported as service-unavailable.
@@ -96,7 +102,7 @@ pub async fn store(server: &Server, owner: &BareJid, mut el: Element, stanza_id:
     let ts = super::mam::now_micros();
     el.children.push(crate::xml::Node::Element(delay(owner, ts)));
     server.storage.offline_insert(owner.as_str(), stanza_id.unwrap_or(""), ts, &el.to_xml()).await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Hand the stored messages no other session holds to `me` (session `session`), which just

@@ -100,6 +100,11 @@ impl Sender {
         }
     }
 
+    /// The receiver is gone or closed: nothing sent would be taken.
+    pub fn is_closed(&self) -> bool {
+        self.shared.lock().closed
+    }
+
     /// Queue even past the capacity: for the one item that tells a session to close.
     pub fn force_send(&self, d: Deliver) {
         let _ = self.push(d, false);

@@ -69,11 +69,17 @@ async fn answer(State(bot): State<TestBot>, headers: HeaderMap, body: Bytes) -> 
 }
 
 async fn server(db: Db, users: &[&str], url: &str, notify: &[&str]) -> TestServer {
+    server_in(db, users, url, notify, &[]).await
+}
+
+/// A server whose bot also sits in `rooms` as "echo".
+async fn server_in(db: Db, users: &[&str], url: &str, notify: &[&str], rooms: &[&str]) -> TestServer {
     let url = url.to_string();
     let notify: Vec<String> = notify.iter().map(|s| s.to_string()).collect();
+    let rooms: Vec<String> = rooms.iter().map(|s| s.to_string()).collect();
     let s = TestServer::start_with(db, move |c| {
         c.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
-        c.bots = vec![BotConfig { domain: BOTS.into(), url, secret: SECRET.into(), notify, timeout_secs: 5 }];
+        c.bots = vec![BotConfig { domain: BOTS.into(), url, secret: SECRET.into(), notify, rooms, nick: "echo".into(), timeout_secs: 5 }];
     })
     .await;
     for u in users {
@@ -216,4 +222,62 @@ async fn a_bot_in_the_roster(db: Db) {
     s.stop().await;
 }
 
-crate::on_both!(a_bot_answers_over_http, messages_wait_while_the_bot_is_down, events_pushed_to_hooks, a_bot_in_the_roster);
+/// The bot in a room of its list: seated at start (here after a restart, the room being made
+/// by then), it is sent the room's messages but not its own, and answers in the room; an event
+/// pushed to the room is said by an occupant named after the hook.
+async fn a_bot_in_a_room(db: Db) {
+    const ROOM: &str = "dev@conference.localhost";
+    let (bot, addr) = TestBot::start(200).await;
+    let s = server_in(db, &["alice"], &format!("http://{addr}/xmpp"), &[], &[ROOM]).await;
+    let mut alice = s.online("alice", PW, "phone").await;
+    alice.send(&format!("<presence to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")).await;
+    alice.recv_where(|e| e.name == "message" && e.find("subject", ns::CLIENT).is_some()).await;
+    let form =
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+                <field var='muc#roomconfig_persistentroom'><value>1</value></field></x>";
+    let r = alice
+        .iq(&format!("<iq type='set' to='{ROOM}' id='cfg'><query xmlns='http://jabber.org/protocol/muc#owner'>{form}</query></iq>"))
+        .await;
+    assert_eq!(r.get_attr("type"), Some("result"), "{r}");
+
+    // The room did not exist when the server started; after a restart the bot is seated.
+    let s = s.restart().await;
+    let mut alice = s.online("alice", PW, "phone").await;
+    alice.send(&format!("<presence to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")).await;
+    let echo = format!("{ROOM}/echo");
+    alice.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some(echo.as_str()) && e.get_attr("type").is_none()).await;
+    alice.recv_where(|e| e.name == "message" && e.find("subject", ns::CLIENT).is_some()).await;
+
+    alice.send(&format!("<message to='{ROOM}' type='groupchat' id='g1'><body>hello</body></message>")).await;
+    assert_eq!(bot.wait_for(1).await, vec!["hello"]);
+    {
+        let seen = bot.seen.lock().unwrap();
+        assert_eq!(seen[0]["type"], "groupchat");
+        assert_eq!(seen[0]["from"], format!("{ROOM}/alice"));
+    }
+    let m = alice.recv_where(|e| e.name == "message" && e.get_attr("from") == Some(echo.as_str())).await;
+    assert_eq!(m.get_attr("type"), Some("groupchat"));
+    assert_eq!(m.find("body", ns::CLIENT).map(|b| b.text_content()).as_deref(), Some("echo: hello"));
+
+    // An event for the room: said by "ci", which the bot hears like any occupant (and answers).
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/hooks/{BOTS}/ci?to={ROOM}", s.http.unwrap()))
+        .bearer_auth(SECRET)
+        .body("deploy done")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ci = format!("{ROOM}/ci");
+    alice.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some(ci.as_str())).await;
+    let m = alice.recv_where(|e| e.name == "message" && e.get_attr("from") == Some(ci.as_str())).await;
+    assert_eq!(m.find("body", ns::CLIENT).map(|b| b.text_content()).as_deref(), Some("deploy done"));
+    let m = alice.recv_where(|e| e.name == "message" && e.get_attr("from") == Some(echo.as_str())).await;
+    assert_eq!(m.find("body", ns::CLIENT).map(|b| b.text_content()).as_deref(), Some("echo: deploy done"));
+    // Never its own words: the two messages it heard, nothing more.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(bot.bodies(), vec!["hello", "deploy done"]);
+    s.stop().await;
+}
+
+crate::on_both!(a_bot_answers_over_http, a_bot_in_a_room, messages_wait_while_the_bot_is_down, events_pushed_to_hooks, a_bot_in_the_roster);

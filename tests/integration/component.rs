@@ -279,7 +279,52 @@ async fn shutdown_closes_components(db: Db) {
     stop.await.unwrap();
 }
 
+/// A component takes part in a local room: its join gets the room's presences, and it gets the
+/// room's messages and says its own there (XEP-0045 with an occupant that is not a local
+/// session).
+async fn a_component_in_a_room(db: Db) {
+    let s = server(db, &["alice"]).await;
+    let mut alice = s.online("alice", PW, "phone").await;
+    let room = "dev@conference.localhost";
+    alice.send(&format!("<presence to='{room}/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")).await;
+    alice.recv_where(|e| e.name == "message" && e.find("subject", ns::CLIENT).is_some()).await;
+    let form = "<query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query>";
+    let r = alice.iq(&format!("<iq type='set' to='{room}' id='cfg'>{form}</iq>")).await;
+    assert_eq!(r.get_attr("type"), Some("result"), "{r}");
+
+    let mut bot = connect(&s, BOT, SECRET).await;
+    bot.send(&format!("<presence from='bridge@{BOT}/x' to='{room}/bridge'><x xmlns='http://jabber.org/protocol/muc'/></presence>")).await;
+    // alice's presence, then its own with status 110.
+    let p = bot.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some("dev@conference.localhost/alice")).await;
+    assert_eq!(p.get_attr("to"), Some("bridge@bot.localhost/x"));
+    bot.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some("dev@conference.localhost/bridge") && e.to_xml().contains("110"))
+        .await;
+    alice.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some("dev@conference.localhost/bridge")).await;
+
+    alice.send(&format!("<message to='{room}' type='groupchat' id='g1'><body>hi all</body></message>")).await;
+    let m = bot.recv_where(|e| e.name == "message" && text(e, "body").is_some()).await;
+    assert_eq!(m.get_attr("from"), Some("dev@conference.localhost/alice"));
+    assert_eq!(m.get_attr("type"), Some("groupchat"));
+    assert_eq!(text(&m, "body").as_deref(), Some("hi all"));
+
+    bot.send(&format!("<message from='bridge@{BOT}/x' to='{room}' type='groupchat' id='g2'><body>hello from IRC</body></message>")).await;
+    let m = alice.recv_where(|e| e.name == "message" && e.get_attr("from") == Some("dev@conference.localhost/bridge")).await;
+    assert_eq!(m.find("body", ns::CLIENT).map(|b| b.text_content()).as_deref(), Some("hello from IRC"));
+
+    // It leaves like anyone.
+    bot.send(&format!("<presence from='bridge@{BOT}/x' to='{room}/bridge' type='unavailable'/>")).await;
+    alice
+        .recv_where(|e| {
+            e.name == "presence"
+                && e.get_attr("from") == Some("dev@conference.localhost/bridge")
+                && e.get_attr("type") == Some("unavailable")
+        })
+        .await;
+    s.stop().await;
+}
+
 crate::on_both!(
+    a_component_in_a_room,
     messages_both_ways,
     queries_and_discovery,
     presence_subscription,

@@ -14,6 +14,7 @@ use crate::error::{Condition, StanzaError};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::modules::mam;
 use crate::server::Server;
+use crate::session::mailbox::mailbox;
 use crate::session::registry::{push, Mailbox};
 use crate::session::{Deliver, Outgoing};
 use crate::stanza::{Kind, Stanza};
@@ -88,6 +89,37 @@ impl Role {
 struct Seat {
     jid: FullJid,
     tx: Option<Mailbox>,
+    /// Not a local session but an address the router reaches (an external component's or an
+    /// HTTP bot's): `tx` is a relay that routes what the room sends it.
+    relayed: bool,
+}
+
+impl Seat {
+    /// The seat of `jid` joining: a local session's mailbox, or a relay for any other address.
+    fn new(server: &Arc<Server>, jid: FullJid) -> Seat {
+        if server.is_local_domain(jid.domain().as_str()) {
+            return Seat { tx: server.sessions.get(&jid).map(|s| s.tx), jid, relayed: false };
+        }
+        let (tx, mut rx) = mailbox(server.config.c2s.mailbox_size);
+        let (server, to) = (server.clone(), jid.to_string());
+        // Ends when the seat is dropped (its last sender) or told to close (an overflow).
+        tokio::spawn(async move {
+            while let Some(Deliver::Stanza(out)) = rx.recv().await {
+                let mut el = out.el.clone();
+                el.set_attr("to", to.clone());
+                crate::router::route_element(&server, el).await;
+            }
+        });
+        Seat { jid, tx: Some(tx), relayed: true }
+    }
+
+    /// Still reachable, as far as the room can tell without sending.
+    fn alive(&self, server: &Server) -> bool {
+        match &self.tx {
+            Some(tx) if self.relayed => !tx.is_closed(),
+            _ => server.sessions.get(&self.jid).is_some(),
+        }
+    }
 }
 
 struct Occupant {
@@ -357,6 +389,9 @@ impl Room {
                 return true;
             }
         }
+        if seat.relayed {
+            return false;
+        }
         // Not known yet, or closed: the resource may have a new session.
         match server.sessions.get(&seat.jid) {
             Some(s) => {
@@ -375,7 +410,7 @@ impl Room {
         for nick in vanished {
             if let Some(i) = self.by_nick(&nick) {
                 let server = self.server.clone();
-                self.occupants[i].seats.retain(|s| server.sessions.get(&s.jid).is_some());
+                self.occupants[i].seats.retain(|s| s.alive(&server));
                 if self.occupants[i].seats.is_empty() {
                     self.remove(i, Removal::Gone, None, None).await;
                 }
@@ -556,7 +591,7 @@ impl Room {
         if let Some(e) = denied {
             return self.send_error(st, e).await;
         }
-        let seat = Seat { tx: self.server.sessions.get(&from).map(|s| s.tx), jid: from };
+        let seat = Seat::new(&self.server, from);
         let (i, new_occupant) = match self.by_nick(&nick) {
             Some(i) => {
                 // The same account again under the same nick, from another client.
