@@ -46,9 +46,13 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
-    /// HTTP listeners (webhooks). Plain HTTP: put a TLS reverse proxy in front of a public one.
+    /// HTTP listeners (webhooks, the REST API). Plain HTTP: put a TLS reverse proxy in front
+    /// of a public one.
     #[serde(default)]
     pub listen: Vec<SocketAddr>,
+    /// Bearer tokens of the REST API (`/api/v1`); none: no API.
+    #[serde(default)]
+    pub api_tokens: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -465,6 +469,9 @@ impl Config {
                 errors.push(format!("{table}: {domain} has an empty secret"));
             }
         }
+        if self.http.api_tokens.iter().any(|t| t.len() < 16) {
+            errors.push("http: api_tokens: each token must be at least 16 characters".into());
+        }
         for b in &self.bots {
             if !(b.url.is_empty() || b.url.starts_with("http://") || b.url.starts_with("https://")) {
                 errors.push(format!("bots: {}: url must be http:// or https://", b.domain));
@@ -542,6 +549,9 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errs.len(), 5, "url, notify, rooms, nick, and the domain taken twice: {errs:?}");
+        let errs = Config::parse("[http]\napi_tokens = ['short']").unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(Config::parse("[http]\napi_tokens = ['sixteen-chars-ok']").is_ok());
     }
 
     #[test]

@@ -93,6 +93,29 @@ async fn route_now(server: &Server, stanza: Stanza) {
     }
 }
 
+/// A message a local account sends, from one of its sessions (`from_session`) or through the
+/// REST API on its behalf. The sender's copy is archived (no stanza-id on the routed stanza)
+/// and carbon-copied to its other sessions; its row is queued before routing and waited for
+/// after, so it usually shares a commit with the recipient's copy, and this returns (a session
+/// acks the stanza) only once both are stored.
+pub async fn send_from_account(server: &Server, owner: &BareJid, from_session: Option<&FullJid>, mut st: Stanza) {
+    modules::mam::strip_forged_ids(&mut st.el, owner.as_str());
+    let mut pending = None;
+    if let Some(peer) = st.to.clone().filter(|p| &p.to_bare() != owner) {
+        match modules::mam::archive_queued(server, owner, &peer, true, &mut st.el, false).await {
+            Ok(p) => pending = p.map(|(_, p)| p),
+            Err(e) => tracing::error!(error = ?e, "archiving an outgoing message"),
+        }
+    }
+    modules::carbons::sent(server, owner, from_session, &st.el);
+    route(server, st).await;
+    if let Some(p) = pending {
+        if let Err(e) = p.wait().await {
+            tracing::error!(error = ?e, "archiving an outgoing message");
+        }
+    }
+}
+
 /// Route an element the server built itself (presence answers, subscription stanzas).
 pub async fn route_element(server: &Server, el: Element) {
     match Stanza::parse(el) {

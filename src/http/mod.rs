@@ -1,8 +1,11 @@
-//! The HTTP listener (`[http] listen`): webhooks now, the REST API next. One axum router over
-//! the shared `Server`; it stops with the server.
+//! The HTTP listener (`[http] listen`). One axum router over the shared `Server`; it stops
+//! with the server.
 //!
 //! - `POST /hooks/<domain>/<name>`: an event for the bot at `<domain>` (see
 //!   `modules::bots::incoming`), sent as a message from `<name>@<domain>`.
+//! - `/api/v1/…`: the REST API ([`api`]), when `http.api_tokens` is set.
+
+pub mod api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +21,11 @@ use tokio::net::TcpListener;
 use crate::server::{Server, StartError};
 
 fn router(server: Arc<Server>) -> Router {
-    Router::new().route("/hooks/{domain}/{name}", post(hook)).with_state(server)
+    let mut r = Router::new().route("/hooks/{domain}/{name}", post(hook));
+    if !server.config.http.api_tokens.is_empty() {
+        r = r.nest("/api/v1", api::routes(server.clone()));
+    }
+    r.with_state(server)
 }
 
 /// Bind every configured HTTP listener and serve until shutdown; the bound addresses.

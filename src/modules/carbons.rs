@@ -64,13 +64,12 @@ fn wrap(kind: &str, owner: &BareJid, to: &FullJid, el: &Element) -> Element {
 }
 
 /// A local resource sent `el`: copy it to the account's other carbons-enabled resources.
-pub fn sent(server: &Server, me: &FullJid, el: &Element) {
+pub fn sent(server: &Server, owner: &BareJid, from_session: Option<&FullJid>, el: &Element) {
     if !eligible(el) {
         return;
     }
-    let owner = me.to_bare();
-    for s in server.sessions.sessions(&owner, |s| s.carbons && &s.jid != me) {
-        server.sessions.send(&s, Deliver::Stanza(Outgoing::new(wrap("sent", &owner, &s.jid, el))));
+    for s in server.sessions.sessions(owner, |s| s.carbons && Some(&s.jid) != from_session) {
+        server.sessions.send(&s, Deliver::Stanza(Outgoing::new(wrap("sent", owner, &s.jid, el))));
     }
 }
 

@@ -1003,29 +1003,10 @@ impl Bound {
                 }
             }
             Kind::Message => {
-                let own = self.jid.to_bare();
                 if st.to.is_none() {
-                    st.set_to(Jid::from(own.clone()));
+                    st.set_to(Jid::from(self.jid.to_bare()));
                 }
-                // The sender's copy: archived (no stanza-id on the routed stanza), carbon-copied.
-                // Its row is queued before routing and waited for after, so it usually shares a
-                // commit with the recipient's copy; the stanza counts as handled (and is acked)
-                // only once both are stored.
-                modules::mam::strip_forged_ids(&mut st.el, own.as_str());
-                let mut pending = None;
-                if let Some(peer) = st.to.clone().filter(|p| p.to_bare() != own) {
-                    match modules::mam::archive_queued(&server, &own, &peer, true, &mut st.el, false).await {
-                        Ok(p) => pending = p.map(|(_, p)| p),
-                        Err(e) => tracing::error!(error = ?e, "archiving an outgoing message"),
-                    }
-                }
-                modules::carbons::sent(&server, &self.jid, &st.el);
-                router::route(&server, st).await;
-                if let Some(p) = pending {
-                    if let Err(e) = p.wait().await {
-                        tracing::error!(error = ?e, "archiving an outgoing message");
-                    }
-                }
+                router::send_from_account(&server, &self.jid.to_bare(), Some(&self.jid), st).await;
             }
         }
         None

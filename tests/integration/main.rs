@@ -1,5 +1,6 @@
 //! One integration-test binary: a real server in-process, spoken to over TCP and TLS.
 
+mod api;
 mod binary;
 mod bots;
 mod common;

@@ -115,6 +115,11 @@ impl Service {
         self.domains.iter()
     }
 
+    /// The room has a running task (occupants, or stanzas being handled).
+    pub fn is_live(&self, room: &BareJid) -> bool {
+        self.room_tx(room).is_some()
+    }
+
     fn room_tx(&self, room: &BareJid) -> Option<mpsc::Sender<Stanza>> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner()).get(room).map(|(_, tx)| tx.clone())
     }

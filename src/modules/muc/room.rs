@@ -342,6 +342,11 @@ impl Room {
     }
 
     fn affiliation(&self, j: &BareJid) -> Affiliation {
+        // The service's own address speaks for the server's administrators (the REST API):
+        // only the server itself can send from it.
+        if j.node().is_none() && j.domain() == self.jid.domain() {
+            return Affiliation::Owner;
+        }
         self.affiliations.get(j).map(|(a, _)| *a).unwrap_or(Affiliation::None)
     }
 
