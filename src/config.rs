@@ -43,7 +43,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// HTTP listeners (webhooks, the REST API). Plain HTTP: put a TLS reverse proxy in front
@@ -53,6 +53,15 @@ pub struct HttpConfig {
     /// Bearer tokens of the REST API (`/api/v1`); none: no API.
     #[serde(default)]
     pub api_tokens: Vec<String>,
+    /// Client sessions over WebSocket at `/xmpp-websocket` (RFC 7395).
+    #[serde(default = "yes")]
+    pub websocket: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: Vec::new(), api_tokens: Vec::new(), websocket: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

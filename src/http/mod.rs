@@ -4,8 +4,11 @@
 //! - `POST /hooks/<domain>/<name>`: an event for the bot at `<domain>` (see
 //!   `modules::bots::incoming`), sent as a message from `<name>@<domain>`.
 //! - `/api/v1/…`: the REST API ([`api`]), when `http.api_tokens` is set.
+//! - `/xmpp-websocket`: client sessions over WebSocket ([`websocket`], RFC 7395), unless
+//!   `http.websocket` is off.
 
 pub mod api;
+pub mod websocket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +28,9 @@ fn router(server: Arc<Server>) -> Router {
     if !server.config.http.api_tokens.is_empty() {
         r = r.nest("/api/v1", api::routes(server.clone()));
     }
+    if server.config.http.websocket {
+        r = r.route("/xmpp-websocket", axum::routing::get(websocket::upgrade));
+    }
     r.with_state(server)
 }
 
@@ -42,6 +48,7 @@ pub async fn listen(server: &Arc<Server>) -> Result<Vec<SocketAddr>, StartError>
             let stop = async move {
                 let _ = shutdown.wait_for(|s| *s).await;
             };
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
                 tracing::error!(error = %e, "HTTP listener failed");
             }

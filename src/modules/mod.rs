@@ -153,6 +153,7 @@ pub const MODULES: &[&Module] = &[
     &carbons::MODULE,
     &muc::MODULE,
     &crate::session::component::MODULE,
+    &crate::http::websocket::MODULE,
 ];
 
 /// Find the handler for a payload namespace (the table is built once at start-up).

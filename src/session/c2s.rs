@@ -58,10 +58,25 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     .await
 }
 
+/// A client over WebSocket (RFC 7395): the unframed XML stream, on a link that is secure
+/// already (TLS, where there is any, ends at the HTTP listener or the proxy before it), so no
+/// STARTTLS and no channel binding.
+pub async fn serve_framed(server: Arc<Server>, stream: tokio::io::DuplexStream, peer: SocketAddr) {
+    let span = tracing::info_span!("c2s", %peer, link = "websocket", jid = tracing::field::Empty);
+    async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(server.config.c2s.auth_timeout_secs);
+        let n = Box::pin(negotiate_on(server, Transport::Framed(stream), ChannelBindings::default(), true, peer, deadline));
+        if let Some(bound) = n.await {
+            bound.run().await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
 /// From TCP accept to a bound resource; `None` when the stream ended before that.
 async fn negotiate(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) -> Option<Bound> {
     let _ = tcp.set_nodelay(true);
-    let limits = Limits { max_element_bytes: server.config.limits.max_stanza_size, max_depth: server.config.limits.max_depth };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(server.config.c2s.auth_timeout_secs);
     let (transport, cb) = if direct_tls {
         match tokio::time::timeout_at(deadline, server.tls.accept(tcp, true)).await {
@@ -75,6 +90,19 @@ async fn negotiate(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     } else {
         (Transport::Plain(tcp), ChannelBindings::default())
     };
+    negotiate_on(server, transport, cb, direct_tls, peer, deadline).await
+}
+
+/// Stream negotiation on `transport` (`secure`: TLS is in place, or not needed).
+async fn negotiate_on(
+    server: Arc<Server>,
+    transport: Transport,
+    cb: ChannelBindings,
+    secure: bool,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Option<Bound> {
+    let limits = Limits { max_element_bytes: server.config.limits.max_stanza_size, max_depth: server.config.limits.max_depth };
     let (rd, wr) = tokio::io::split(transport);
     let mut n = Negotiation {
         server: server.clone(),
@@ -82,7 +110,7 @@ async fn negotiate(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
         reader: Some(Box::new(XmlReader::new(rd, limits))),
         writer: Some(wr),
         cb,
-        tls: direct_tls,
+        tls: secure,
         host: None,
         user: None,
         header_sent: false,

@@ -12,3 +12,4 @@ mod im;
 mod muc;
 mod sm;
 mod sync;
+mod websocket;
