@@ -56,11 +56,14 @@ pub struct HttpConfig {
     /// Client sessions over WebSocket at `/xmpp-websocket` (RFC 7395).
     #[serde(default = "yes")]
     pub websocket: bool,
+    /// Client sessions over BOSH at `/http-bind` (XEP-0124, XEP-0206).
+    #[serde(default = "yes")]
+    pub bosh: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: Vec::new(), api_tokens: Vec::new(), websocket: true }
+        HttpConfig { listen: Vec::new(), api_tokens: Vec::new(), websocket: true, bosh: true }
     }
 }
 

@@ -6,8 +6,11 @@
 //! - `/api/v1/…`: the REST API ([`api`]), when `http.api_tokens` is set.
 //! - `/xmpp-websocket`: client sessions over WebSocket ([`websocket`], RFC 7395), unless
 //!   `http.websocket` is off.
+//! - `/http-bind`: client sessions over BOSH ([`bosh`], XEP-0124/0206), unless `http.bosh` is
+//!   off.
 
 pub mod api;
+pub mod bosh;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -23,7 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::server::{Server, StartError};
 
-fn router(server: Arc<Server>) -> Router {
+fn router(server: Arc<Server>, bosh_sessions: Arc<bosh::Sessions>) -> Router {
     let mut r = Router::new().route("/hooks/{domain}/{name}", post(hook));
     if !server.config.http.api_tokens.is_empty() {
         r = r.nest("/api/v1", api::routes(server.clone()));
@@ -31,19 +34,25 @@ fn router(server: Arc<Server>) -> Router {
     if server.config.http.websocket {
         r = r.route("/xmpp-websocket", axum::routing::get(websocket::upgrade));
     }
+    if server.config.http.bosh {
+        let b = Router::new().route("/http-bind", post(bosh::request).options(bosh::preflight)).with_state((server.clone(), bosh_sessions));
+        r = r.merge(b);
+    }
     r.with_state(server)
 }
 
 /// Bind every configured HTTP listener and serve until shutdown; the bound addresses.
 pub async fn listen(server: &Arc<Server>) -> Result<Vec<SocketAddr>, StartError> {
     let mut bound = Vec::new();
+    // One set of BOSH sessions for every listener: a client's requests may arrive on any.
+    let bosh_sessions = Arc::new(bosh::Sessions::default());
     for addr in server.config.http.listen.clone() {
         let l = TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?;
         let local = l.local_addr().map_err(|e| StartError::Listen(addr, e))?;
         tracing::info!(addr = %local, "listening for HTTP");
         bound.push(local);
         let mut shutdown = server.shutdown.clone();
-        let app = router(server.clone());
+        let app = router(server.clone(), bosh_sessions.clone());
         tokio::spawn(async move {
             let stop = async move {
                 let _ = shutdown.wait_for(|s| *s).await;

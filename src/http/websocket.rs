@@ -156,7 +156,7 @@ fn open(h: &StreamHeader) -> String {
 
 /// One element as a message of its own, its namespace declared; stream-level elements keep the
 /// `stream:` prefix clients look for (section 3.3.3).
-fn frame(e: &Element) -> String {
+pub(crate) fn frame(e: &Element) -> String {
     if e.ns != ns::STREAM {
         return e.to_xml();
     }

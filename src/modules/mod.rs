@@ -154,6 +154,7 @@ pub const MODULES: &[&Module] = &[
     &muc::MODULE,
     &crate::session::component::MODULE,
     &crate::http::websocket::MODULE,
+    &crate::http::bosh::MODULE,
 ];
 
 /// Find the handler for a payload namespace (the table is built once at start-up).

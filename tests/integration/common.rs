@@ -144,6 +144,17 @@ impl TestServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
+    /// Wait (up to the time limit) until the session of `full` is gone from the server.
+    pub async fn wait_session_gone(&self, full: &str) {
+        let server = &self.running.as_ref().expect("running").server;
+        let jid: starling::jid::FullJid = full.parse().expect("a full JID");
+        let t = std::time::Instant::now();
+        while server.sessions.get(&jid).is_some() {
+            assert!(t.elapsed() < TIMEOUT, "the session of {full} is still there");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Log in with STARTTLS + SCRAM-SHA-256 and bind `resource`.
     pub async fn login(&self, user: &str, password: &str, resource: &str) -> Client {
         let mut c = Client::connect(self.c2s).await;

@@ -2,6 +2,7 @@
 
 mod api;
 mod binary;
+mod bosh;
 mod bots;
 mod common;
 mod component;
