@@ -313,13 +313,25 @@ async fn a_component_in_a_room(db: Db) {
 
     // It leaves like anyone.
     bot.send(&format!("<presence from='bridge@{BOT}/x' to='{room}/bridge' type='unavailable'/>")).await;
-    alice
-        .recv_where(|e| {
-            e.name == "presence"
-                && e.get_attr("from") == Some("dev@conference.localhost/bridge")
-                && e.get_attr("type") == Some("unavailable")
-        })
-        .await;
+    let gone = |e: &Element| {
+        e.name == "presence" && e.get_attr("from") == Some("dev@conference.localhost/bridge") && e.get_attr("type") == Some("unavailable")
+    };
+    alice.recv_where(gone).await;
+
+    // Seated again, then disconnected without a word: the room finds out at its next message
+    // and the occupant leaves with 333 (as a session that vanished).
+    bot.send(&format!("<presence from='bridge@{BOT}/x' to='{room}/bridge'><x xmlns='http://jabber.org/protocol/muc'/></presence>")).await;
+    alice.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some("dev@conference.localhost/bridge")).await;
+    bot.close().await;
+    for _ in 0..100 {
+        if !s.running.as_ref().unwrap().server.components.is_connected(BOT) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    alice.send(&format!("<message to='{room}' type='groupchat' id='g3'><body>anyone?</body></message>")).await;
+    let p = alice.recv_where(gone).await;
+    assert!(p.to_xml().contains("333"), "{p}");
     s.stop().await;
 }
 

@@ -113,10 +113,15 @@ impl Seat {
         Seat { jid, tx: Some(tx), relayed: true }
     }
 
-    /// Still reachable, as far as the room can tell without sending.
+    /// Still reachable, as far as the room can tell without sending. A relayed seat is not
+    /// once its relay closed or its component is no longer connected: the occupant then
+    /// leaves (333) like one whose session vanished.
     fn alive(&self, server: &Server) -> bool {
         match &self.tx {
-            Some(tx) if self.relayed => !tx.is_closed(),
+            Some(tx) if self.relayed => {
+                let d = self.jid.domain().as_str();
+                !tx.is_closed() && (!server.components.serves(d) || server.components.is_connected(d))
+            }
             _ => server.sessions.get(&self.jid).is_some(),
         }
     }
@@ -389,6 +394,9 @@ impl Room {
 
     /// Push to one seat; `false` when its session is gone.
     fn push_seat(server: &Server, seat: &mut Seat, out: &Arc<Outgoing>) -> bool {
+        if seat.relayed && !seat.alive(server) {
+            return false;
+        }
         if let Some(tx) = &seat.tx {
             if push(tx, &seat.jid, Deliver::Stanza(out.clone())) {
                 return true;
