@@ -59,11 +59,15 @@ pub struct HttpConfig {
     /// Client sessions over BOSH at `/http-bind` (XEP-0124, XEP-0206).
     #[serde(default = "yes")]
     pub bosh: bool,
+    /// `/metrics` for monitoring (Prometheus text format). Off by default: it tells anyone who
+    /// reaches the listener how busy the server is.
+    #[serde(default)]
+    pub metrics: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: Vec::new(), api_tokens: Vec::new(), websocket: true, bosh: true }
+        HttpConfig { listen: Vec::new(), api_tokens: Vec::new(), websocket: true, bosh: true, metrics: false }
     }
 }
 

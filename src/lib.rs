@@ -32,6 +32,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod jid;
+pub mod metrics;
 pub mod modules;
 pub mod router;
 pub mod sasl;

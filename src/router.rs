@@ -69,6 +69,7 @@ pub fn route(server: &Server, stanza: Stanza) -> std::pin::Pin<Box<dyn std::futu
 }
 
 async fn route_now(server: &Server, stanza: Stanza) {
+    server.counters.routed(stanza.kind);
     let Some(to) = stanza.to.clone() else {
         tracing::debug!("dropping stanza without a destination");
         return;

@@ -41,6 +41,8 @@ pub struct Server {
     pub bots: crate::modules::bots::Bots,
     /// Payload namespace -> handler, built once from [`MODULES`].
     pub iq_handlers: HashMap<&'static str, &'static IqHandler>,
+    /// Counters for monitoring (`/metrics`).
+    pub counters: crate::metrics::Counters,
 }
 
 impl Server {
@@ -100,6 +102,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         started: Instant::now(),
         shutdown,
         iq_handlers,
+        counters: Default::default(),
     });
     if let Some(muc) = &server.muc {
         muc.attach(&server);

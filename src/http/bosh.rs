@@ -72,6 +72,10 @@ pub struct Sessions {
 }
 
 impl Sessions {
+    pub fn count(&self) -> usize {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn get(&self, sid: &str) -> Option<Arc<Session>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).get(sid).cloned()
     }

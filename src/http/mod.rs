@@ -8,9 +8,12 @@
 //!   `http.websocket` is off.
 //! - `/http-bind`: client sessions over BOSH ([`bosh`], XEP-0124/0206), unless `http.bosh` is
 //!   off.
+//! - `/metrics`: monitoring in the Prometheus text format ([`metrics`]), when `http.metrics` is
+//!   on.
 
 pub mod api;
 pub mod bosh;
+pub mod metrics;
 pub mod websocket;
 
 use std::net::SocketAddr;
@@ -34,10 +37,14 @@ fn router(server: Arc<Server>, bosh_sessions: Arc<bosh::Sessions>) -> Router {
     if server.config.http.websocket {
         r = r.route("/xmpp-websocket", axum::routing::get(websocket::upgrade));
     }
+    let mut shared = Router::new();
     if server.config.http.bosh {
-        let b = Router::new().route("/http-bind", post(bosh::request).options(bosh::preflight)).with_state((server.clone(), bosh_sessions));
-        r = r.merge(b);
+        shared = shared.route("/http-bind", post(bosh::request).options(bosh::preflight));
     }
+    if server.config.http.metrics {
+        shared = shared.route("/metrics", axum::routing::get(metrics::scrape));
+    }
+    r = r.merge(shared.with_state((server.clone(), bosh_sessions)));
     r.with_state(server)
 }
 

@@ -364,6 +364,7 @@ impl Negotiation {
 
     async fn sasl_failure(&mut self, f: Failure, account: Option<&str>) -> Result<(), StreamError> {
         self.failures += 1;
+        crate::metrics::Counters::add(&self.server.counters.login_failures);
         let mut keys = vec![ThrottleKey::Addr(self.peer.ip())];
         if let Some(a) = account {
             keys.push(ThrottleKey::Account(a.to_string()));
@@ -594,6 +595,7 @@ impl Negotiation {
             blocklist_requested: false,
             carbons: false,
         };
+        crate::metrics::Counters::add(&server.counters.logins);
         if let Some(old) = server.sessions.bind(entry, blocked) {
             // RFC 6120 section 7.7.2.2: the new login wins, the old stream gets <conflict/>.
             old.tx.force_send(Deliver::Close(StreamError::Conflict));

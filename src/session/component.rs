@@ -82,6 +82,10 @@ impl Components {
         self.secrets.keys().map(|d| d.as_str())
     }
 
+    pub fn connected_count(&self) -> usize {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     pub fn is_connected(&self, domain: &str) -> bool {
         self.live.read().unwrap_or_else(|p| p.into_inner()).contains_key(domain)
     }

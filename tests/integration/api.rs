@@ -217,4 +217,51 @@ async fn rooms(db: Db) {
     s.stop().await;
 }
 
-crate::on_both!(accounts, messages_and_history, rooms);
+/// `/metrics`: off unless configured; then gauges and counters that follow what happens.
+async fn metrics(db: Db) {
+    let s = server(db, &["alice"]).await;
+    let url = format!("http://{}/metrics", s.http.unwrap());
+    assert_eq!(Http::new().get(&url).send().await.unwrap().status(), StatusCode::NOT_FOUND, "off by default");
+    s.stop().await;
+
+    let s = TestServer::start_with(db, |c| {
+        c.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.http.metrics = true;
+    })
+    .await;
+    s.add_user("alice", PW).await;
+    let url = format!("http://{}/metrics", s.http.unwrap());
+    let scrape = || async {
+        let r = Http::new().get(&url).send().await.unwrap();
+        assert!(r.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("text/plain")));
+        let text = r.text().await.unwrap();
+        move |name: &str| -> f64 {
+            text.lines()
+                .find(|l| l.split(' ').next() == Some(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+        }
+    };
+    let before = scrape().await;
+    assert_eq!(before("starling_c2s_sessions"), 0.0);
+    assert!(before("process_resident_memory_bytes") > 0.0);
+    let mut alice = s.online("alice", PW, "phone").await;
+    alice.send("<message to='alice@localhost' type='chat'><body>note to self</body></message>").await;
+    alice.recv_where(|e| e.name == "message").await;
+    alice.iq("<iq type='get' to='localhost' id='d'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let mut c = Client::connect(s.c2s).await;
+    c.open("localhost").await;
+    c.starttls().await;
+    c.open("localhost").await;
+    assert!(c.auth_scram("alice", "wrong", Hash::Sha256, None).await.is_err());
+    let after = scrape().await;
+    assert_eq!(after("starling_c2s_sessions"), 1.0);
+    assert_eq!(after("starling_logins_total"), 1.0);
+    assert_eq!(after("starling_login_failures_total"), 1.0);
+    assert!(after("starling_stanzas_routed_total{kind=\"message\"}") >= 1.0);
+    assert!(after("starling_stanzas_routed_total{kind=\"iq\"}") > before("starling_stanzas_routed_total{kind=\"iq\"}"));
+    s.stop().await;
+}
+
+crate::on_both!(accounts, messages_and_history, rooms, metrics);

@@ -115,6 +115,11 @@ impl Service {
         self.domains.iter()
     }
 
+    /// Rooms with a running task.
+    pub fn live_count(&self) -> usize {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// The room has a running task (occupants, or stanzas being handled).
     pub fn is_live(&self, room: &BareJid) -> bool {
         self.room_tx(room).is_some()
