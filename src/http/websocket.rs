@@ -19,7 +19,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -141,7 +141,8 @@ async fn to_client(rd: tokio::io::ReadHalf<DuplexStream>, mut tx: futures_util::
             reader = reader.restart();
         }
     }
-    let _ = tx.send(Message::Close(None)).await;
+    // A normal closure (1000), the stream having ended.
+    let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
 }
 
 /// The session's stream header as `<open/>` (section 3.3.2).

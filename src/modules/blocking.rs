@@ -11,7 +11,8 @@ use crate::xml::{ns, Element};
 pub const MODULE: Module = Module {
     name: "blocking",
     specs: &[Spec { id: "XEP-0191", title: "Blocking Command", note: "applied by the router" }],
-    host_features: &[],
+    // Section 3: clients discover it on their server's domain.
+    host_features: &[ns::BLOCKING],
     account_features: &[ns::BLOCKING],
     iq: &[IqHandler { ns: ns::BLOCKING, on_host: false, on_account: true, handle }],
 };

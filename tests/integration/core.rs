@@ -65,7 +65,8 @@ async fn disco_version_time_and_unknown_iq(db: Db) {
     let r = c.iq("<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     let q = r.find("query", ns::DISCO_INFO).unwrap();
     let feats: Vec<&str> = q.elements().filter_map(|e| e.get_attr("var")).collect();
-    for f in [ns::PING, ns::VERSION, ns::TIME, ns::VCARD, ns::LAST, ns::DISCO_ITEMS] {
+    // XEP-0191 section 3: clients look for blocking on their server's domain.
+    for f in [ns::PING, ns::VERSION, ns::TIME, ns::VCARD, ns::LAST, ns::DISCO_ITEMS, ns::BLOCKING] {
         assert!(feats.contains(&f), "{f} in {feats:?}");
     }
     let r = c.iq("<iq type='get' id='v1' to='localhost'><query xmlns='jabber:iq:version'/></iq>").await;

@@ -120,6 +120,11 @@ async fn a_browser_session(db: Db) {
     send(&mut ws, &format!("<close xmlns='{FRAMING}'/>")).await;
     let c = recv_where(&mut ws, |e| e.is("close", FRAMING)).await;
     assert!(c.children.is_empty());
+    // Then the WebSocket closes normally (1000).
+    match tokio::time::timeout(std::time::Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(f))))) => assert_eq!(u16::from(f.code), 1000),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
     s.wait_session_gone("alice@localhost/web").await;
     s.stop().await;
 }
