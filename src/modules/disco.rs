@@ -46,6 +46,10 @@ fn info<'a>(_server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
             IqTarget::Account(_) => Element::new("identity", ns::DISCO_INFO).attr("category", "account").attr("type", "registered"),
         };
         let mut q = Element::new("query", ns::DISCO_INFO).child(identity);
+        if let IqTarget::Account(_) = req.target {
+            // XEP-0163 section 6.1: the account is a PEP service.
+            q = q.child(Element::new("identity", ns::DISCO_INFO).attr("category", "pubsub").attr("type", "pep"));
+        }
         for f in features(req.target) {
             q = q.child(Element::new("feature", ns::DISCO_INFO).attr("var", f));
         }

@@ -10,6 +10,7 @@ pub mod last;
 pub mod mam;
 pub mod muc;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -151,6 +152,7 @@ pub const MODULES: &[&Module] = &[
     &offline::MODULE,
     &mam::MODULE,
     &carbons::MODULE,
+    &pep::MODULE,
     &muc::MODULE,
     &crate::session::component::MODULE,
     &crate::http::websocket::MODULE,

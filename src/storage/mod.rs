@@ -5,6 +5,7 @@
 pub mod account;
 pub mod archive;
 pub mod muc;
+pub mod pep;
 pub mod roster;
 pub mod users;
 pub mod walvfs;
@@ -39,12 +40,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../schema/sqlite/0002_archive.sql")),
     (3, include_str!("../../schema/sqlite/0003_archive_ids.sql")),
     (4, include_str!("../../schema/sqlite/0004_muc.sql")),
+    (5, include_str!("../../schema/sqlite/0005_pep.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../schema/postgres/0001_core.sql")),
     (2, include_str!("../../schema/postgres/0002_archive.sql")),
     (3, include_str!("../../schema/postgres/0003_archive_ids.sql")),
     (4, include_str!("../../schema/postgres/0004_muc.sql")),
+    (5, include_str!("../../schema/postgres/0005_pep.sql")),
 ];
 
 /// Every SQLite connection's settings. WAL: readers never wait for the writer; NORMAL sync is

@@ -13,6 +13,8 @@ const ACCOUNT_TABLES: &[&str] = &[
     "vcards",
     "private_storage",
     "blocked_jids",
+    "pep_nodes",
+    "pep_items",
     "last_activity",
     "archive",
     "archive_legacy_ids",

@@ -11,6 +11,7 @@ mod fault;
 mod hostile;
 mod im;
 mod muc;
+mod pep;
 mod sm;
 mod sync;
 mod websocket;
