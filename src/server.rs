@@ -43,6 +43,8 @@ pub struct Server {
     pub iq_handlers: HashMap<&'static str, &'static IqHandler>,
     /// Counters for monitoring (`/metrics`).
     pub counters: crate::metrics::Counters,
+    /// Clients' feature sets by entity capabilities (XEP-0115).
+    pub caps: crate::modules::caps::Caps,
 }
 
 impl Server {
@@ -103,6 +105,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         iq_handlers,
         counters: Default::default(),
+        caps: Default::default(),
     });
     if let Some(muc) = &server.muc {
         muc.attach(&server);

@@ -4,6 +4,7 @@
 
 pub mod blocking;
 pub mod bots;
+pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod last;
@@ -153,6 +154,7 @@ pub const MODULES: &[&Module] = &[
     &mam::MODULE,
     &carbons::MODULE,
     &pep::MODULE,
+    &caps::MODULE,
     &muc::MODULE,
     &crate::session::component::MODULE,
     &crate::http::websocket::MODULE,
@@ -167,7 +169,11 @@ pub fn iq_handler(server: &Server, ns: &str) -> Option<&'static IqHandler> {
 /// Answer an IQ addressed to the server or to an account, and route the reply.
 pub async fn handle_iq(server: &Server, stanza: Stanza, target: IqTarget) {
     if !matches!(stanza.typ(), Some("get") | Some("set")) {
-        return; // results and errors addressed to the server: nothing is waiting for them yet
+        // Results and errors addressed to the server: the answers to its caps queries.
+        if let IqTarget::Host(_) = target {
+            caps::on_answer(server, &stanza).await;
+        }
+        return;
     }
     let Some(from) = stanza.from.clone() else {
         return;

@@ -9,11 +9,15 @@
 //!   delete of a node.
 //! - who may read: the owner; with access model `presence` (the default) also contacts
 //!   subscribed to the owner's presence; `open` anyone; `roster` and `whitelist` the owner only.
-//! - notifications (headline messages with a pubsub#event) go to the owner's available
-//!   resources and to the available resources of contacts who may read the node.
+//! - notifications (headline messages with a pubsub#event) go to the available resources of
+//!   the owner and of the contacts who may read the node, that asked for the node with
+//!   `<node>+notify` in their entity capabilities (XEP-0115, `modules::caps`); a resource
+//!   coming online gets the last item of every such node (section 4.3.2).
 //!
-//! Not here yet: filtering notifications by entity capabilities (`+notify`), sending the last
-//! items when a contact comes online, subscriptions to single nodes, node configuration forms.
+//! Not here yet: subscriptions to single nodes, node configuration forms, and readers on other
+//! servers (no federation yet).
+
+use std::collections::HashSet;
 
 use super::{IqFuture, IqHandler, IqRequest, IqTarget, Module, Spec};
 use crate::error::{Condition, StanzaError};
@@ -32,7 +36,7 @@ pub const MODULE: Module = Module {
     specs: &[Spec {
         id: "XEP-0163",
         title: "Personal Eventing Protocol",
-        note: "publish with publish-options, items, retract, delete; notifications to readers' resources (no +notify filter yet)",
+        note: "publish with publish-options, items, retract, delete; +notify by entity capabilities; last items on coming online",
     }],
     host_features: &[],
     account_features: &[
@@ -210,6 +214,7 @@ fn owner<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
 /// An event to the owner's available resources and to those of the contacts who may read the
 /// node (XEP-0163 section 4.3), as headline messages from the owner's bare JID.
 async fn notify(server: &Server, owner: &BareJid, cfg: &PepNode, event: Element) {
+    let Some(node) = event.get_attr("node").map(|n| format!("{n}+notify")) else { return };
     let mut readers = vec![owner.clone()];
     if matches!(cfg.access_model.as_str(), "presence" | "open") {
         match server.storage.roster(owner.as_str()).await {
@@ -223,7 +228,10 @@ async fn notify(server: &Server, owner: &BareJid, cfg: &PepNode, event: Element)
         if !server.is_local_domain(reader.domain().as_str()) {
             continue;
         }
-        for s in server.sessions.sessions(&reader, |s| s.available) {
+        let wants = |s: &crate::session::SessionEntry| {
+            s.available && s.caps.as_ref().and_then(|v| server.caps.features(v)).is_some_and(|f| f.contains(&node))
+        };
+        for s in server.sessions.sessions(&reader, wants) {
             let m = Element::new("message", ns::CLIENT)
                 .attr("from", owner.to_string())
                 .attr("to", Jid::from(s.jid.clone()).to_string())
@@ -231,6 +239,59 @@ async fn notify(server: &Server, owner: &BareJid, cfg: &PepNode, event: Element)
                 .attr("id", crate::stanza::new_id())
                 .child(event.clone());
             crate::router::route_element(server, m).await;
+        }
+    }
+}
+
+/// A resource came online (or its features became known): the last item of every node it
+/// wants (`+notify`), of its own account and of the contacts whose presence it receives and
+/// whose nodes it may read (XEP-0163 section 4.3.2).
+pub async fn came_online(server: &Server, who: &crate::jid::FullJid, features: &HashSet<String>) {
+    if !features.iter().any(|f| f.ends_with("+notify")) {
+        return;
+    }
+    let me = who.to_bare();
+    let mut owners = vec![me.clone()];
+    match server.storage.roster(me.as_str()).await {
+        Ok(items) => owners.extend(
+            items
+                .iter()
+                .filter(|i| i.subscription.to())
+                .filter_map(|i| BareJid::new(&i.contact).ok())
+                .filter(|j| j.node().is_some() && server.is_local_domain(j.domain().as_str())),
+        ),
+        Err(e) => tracing::error!(error = %e, "loading the roster for PEP last items"),
+    }
+    for owner in owners {
+        let nodes = match server.storage.pep_nodes(owner.as_str()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, "listing PEP nodes");
+                continue;
+            }
+        };
+        for node in nodes.into_iter().filter(|n| features.contains(&format!("{n}+notify"))) {
+            let Ok(Some(cfg)) = server.storage.pep_node(owner.as_str(), &node).await else { continue };
+            if !may_read(server, &owner, &me, &cfg.access_model).await.unwrap_or(false) {
+                continue;
+            }
+            let Ok(last) = server.storage.pep_items(owner.as_str(), &node, Some(1), &[]).await else { continue };
+            for (id, xml) in last {
+                let mut item = Element::new("item", NS_PUBSUB_EVENT).attr("id", id);
+                if let Some(p) = crate::xml::parse_stored(&xml).await {
+                    item.children.push(Node::Element(p));
+                }
+                let m = Element::new("message", ns::CLIENT)
+                    .attr("from", owner.to_string())
+                    .attr("to", who.to_string())
+                    .attr("type", "headline")
+                    .attr("id", crate::stanza::new_id())
+                    .child(
+                        Element::new("event", NS_PUBSUB_EVENT)
+                            .child(Element::new("items", NS_PUBSUB_EVENT).attr("node", node.clone()).child(item)),
+                    );
+                crate::router::route_element(server, m).await;
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //! by the router for presence addressed to a local account.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use super::{roster, Module};
 use crate::jid::{BareJid, FullJid, Jid};
@@ -62,6 +63,7 @@ impl SessionPresence {
                 let initial = !self.available;
                 self.available = true;
                 let priority = priority_of(&el);
+                let caps = super::caps::announced(&el);
                 let shared = Outgoing::new(el.clone());
                 // Stored messages go to this session before it is available, under the
                 // account's gate, so nothing routed live afterwards overtakes them
@@ -77,6 +79,7 @@ impl SessionPresence {
                     s.available = true;
                     s.priority = priority;
                     s.presence = Some(shared);
+                    s.caps = caps.as_ref().map(|(_, ver)| Arc::from(ver.as_str()));
                 });
                 drop(gate);
                 // RFC 6121 sections 4.2.2 and 4.4.2: to every available resource of the account,
@@ -93,6 +96,15 @@ impl SessionPresence {
                 }
                 if initial {
                     self.initial(server, me, &owner, &others, &roster).await;
+                }
+                // XEP-0163 section 4.3.2: the last items of the nodes it wants, once its
+                // features are known (now, or when the client answers the caps query).
+                if let Some((node, ver)) = caps {
+                    if let Some(features) = super::caps::on_presence(server, me, &node, &ver).await {
+                        if initial {
+                            super::pep::came_online(server, me, &features).await;
+                        }
+                    }
                 }
             }
             Some("unavailable") => {

@@ -594,6 +594,7 @@ impl Negotiation {
             roster_requested: false,
             blocklist_requested: false,
             carbons: false,
+            caps: None,
         };
         crate::metrics::Counters::add(&server.counters.logins);
         if let Some(old) = server.sessions.bind(entry, blocked) {

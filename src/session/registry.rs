@@ -114,6 +114,8 @@ pub struct SessionEntry {
     pub blocklist_requested: bool,
     /// Message Carbons enabled (XEP-0280).
     pub carbons: bool,
+    /// The entity capabilities `ver` of its last presence (XEP-0115).
+    pub caps: Option<Arc<str>>,
 }
 
 /// Per-account state shared by its resources.

@@ -235,7 +235,7 @@ impl AsyncWrite for ClientTransport {
 pub struct Client {
     reader: Option<XmlReader<ReadHalf<ClientTransport>>>,
     writer: Option<WriteHalf<ClientTransport>>,
-    queue: VecDeque<Element>,
+    pub queue: VecDeque<Element>,
     /// Features of the last stream opened.
     pub features: Option<Element>,
     pub jid: Option<String>,

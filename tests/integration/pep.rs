@@ -1,9 +1,13 @@
 //! Personal Eventing Protocol (XEP-0163), black-box: publish (and publish-options), items,
 //! access by presence subscription, open and whitelist nodes, max_items, notifications to the
-//! owner's and to subscribed contacts' resources, retract, delete, discovery, persistence.
+//! owner's and to subscribed contacts' resources that ask for them with entity capabilities
+//! (XEP-0115: the server's caps query answered, `+notify`), the last item on coming online,
+//! retract, delete, discovery, persistence.
 
 use starling::storage::roster::{RosterItem, Subscription};
 use starling::xml::{ns, Element};
+
+use starling::xml::XmlEvent;
 
 use crate::common::{error_condition, Client, Db, TestServer};
 
@@ -42,6 +46,37 @@ fn pubsub_condition(r: &Element) -> Option<String> {
         .and_then(|e| e.elements().find(|c| c.ns == "http://jabber.org/protocol/pubsub#errors").map(|c| c.name.clone()))
 }
 
+/// Online with entity capabilities asking for the events of `nodes` (`<node>+notify`); the
+/// server's disco#info query for the caps (when it does not know them yet) is answered.
+async fn online_notify(s: &TestServer, user: &str, resource: &str, nodes: &[&str]) -> Client {
+    let mut c = s.login(user, PW, resource).await;
+    let mut q = Element::new("query", ns::DISCO_INFO)
+        .child(Element::new("identity", ns::DISCO_INFO).attr("category", "client").attr("type", "pc").attr("name", "Test"))
+        .child(Element::new("feature", ns::DISCO_INFO).attr("var", ns::DISCO_INFO));
+    for n in nodes {
+        q = q.child(Element::new("feature", ns::DISCO_INFO).attr("var", format!("{n}+notify")));
+    }
+    let ver = starling::modules::caps::ver_of(&q);
+    let caps_node = "https://client.example";
+    c.send(&format!("<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='{caps_node}' ver='{ver}'/></presence>")).await;
+    let me = c.jid.clone().unwrap();
+    c.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some(me.as_str())).await;
+    // The query comes right after the presence when the server does not know this ver.
+    let mut other = Vec::new();
+    while let Some(Ok(XmlEvent::Element(e))) = c.try_event(400).await {
+        let asked = e.find("query", ns::DISCO_INFO).and_then(|q| q.get_attr("node")).map(str::to_string);
+        if e.name == "iq" && e.get_attr("type") == Some("get") && asked == Some(format!("{caps_node}#{ver}")) {
+            assert_eq!(e.get_attr("from"), Some("localhost"));
+            let answer = q.clone().attr("node", format!("{caps_node}#{ver}"));
+            c.send(&format!("<iq type='result' to='localhost' id='{}'>{}</iq>", e.get_attr("id").unwrap(), answer.to_xml())).await;
+            break;
+        }
+        other.push(e);
+    }
+    c.queue.extend(other);
+    c
+}
+
 async fn event(c: &mut Client) -> Element {
     let m = c.recv_where(|e| e.name == "message" && e.find("event", EVENT).is_some()).await;
     assert_eq!(m.get_attr("type"), Some("headline"));
@@ -65,8 +100,11 @@ async fn setup(db: Db) -> TestServer {
 
 async fn publish_read_and_notify(db: Db) {
     let s = setup(db).await;
-    let mut alice = s.online("alice", PW, "phone").await;
-    let mut bob = s.online("bob", PW, "laptop").await;
+    let mut alice = online_notify(&s, "alice", "phone", &[NICK]).await;
+    let mut bob = online_notify(&s, "bob", "laptop", &[NICK]).await;
+    // bob's other client did not ask for nicknames: it is told nothing.
+    let mut bob_quiet = s.online("bob", PW, "watch").await;
+    bob_quiet.drain(300).await; // the presences of the others
     let mut carol = s.online("carol", PW, "pc").await;
 
     // Discovery on the account (XEP-0163 section 6.1).
@@ -95,6 +133,11 @@ async fn publish_read_and_notify(db: Db) {
     assert_eq!(error_condition(&r).as_deref(), Some("not-authorized"));
     assert_eq!(pubsub_condition(&r).as_deref(), Some("presence-subscription-required"));
     carol.expect_silence(200).await;
+    bob_quiet.expect_silence(100).await;
+    // A client of bob's that comes online asking for nicknames gets the last one at once.
+    let mut bob_new = online_notify(&s, "bob", "tablet", &[NICK]).await;
+    let e = event(&mut bob_new).await;
+    assert_eq!(e.find("items", EVENT).and_then(|i| i.get_attr("node")), Some(NICK));
     // The same id replaces the item (one kept by default).
     alice.iq(&publish(NICK, "current", &format!("<nick xmlns='{NICK}'>Alice</nick>"), &[])).await;
     event(&mut bob).await;
@@ -111,7 +154,7 @@ async fn publish_read_and_notify(db: Db) {
 async fn options_retract_delete_and_restart(db: Db) {
     let s = setup(db).await;
     let mut alice = s.online("alice", PW, "phone").await;
-    let mut bob = s.online("bob", PW, "laptop").await;
+    let mut bob = online_notify(&s, "bob", "laptop", &["urn:example:feed"]).await;
     let mut carol = s.online("carol", PW, "pc").await;
     // An open node keeping the two newest items.
     let node = "urn:example:feed";
