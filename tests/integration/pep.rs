@@ -49,6 +49,12 @@ fn pubsub_condition(r: &Element) -> Option<String> {
 /// Online with entity capabilities asking for the events of `nodes` (`<node>+notify`); the
 /// server's disco#info query for the caps (when it does not know them yet) is answered.
 async fn online_notify(s: &TestServer, user: &str, resource: &str, nodes: &[&str]) -> Client {
+    online_caps(s, user, resource, nodes, false).await
+}
+
+/// `online_notify`; with `lie`, the answer to the caps query holds one feature more than the
+/// announced hash covers.
+async fn online_caps(s: &TestServer, user: &str, resource: &str, nodes: &[&str], lie: bool) -> Client {
     let mut c = s.login(user, PW, resource).await;
     let mut q = Element::new("query", ns::DISCO_INFO)
         .child(Element::new("identity", ns::DISCO_INFO).attr("category", "client").attr("type", "pc").attr("name", "Test"))
@@ -67,7 +73,10 @@ async fn online_notify(s: &TestServer, user: &str, resource: &str, nodes: &[&str
         let asked = e.find("query", ns::DISCO_INFO).and_then(|q| q.get_attr("node")).map(str::to_string);
         if e.name == "iq" && e.get_attr("type") == Some("get") && asked == Some(format!("{caps_node}#{ver}")) {
             assert_eq!(e.get_attr("from"), Some("localhost"));
-            let answer = q.clone().attr("node", format!("{caps_node}#{ver}"));
+            let mut answer = q.clone().attr("node", format!("{caps_node}#{ver}"));
+            if lie {
+                answer = answer.child(Element::new("feature", ns::DISCO_INFO).attr("var", "urn:example:unannounced"));
+            }
             c.send(&format!("<iq type='result' to='localhost' id='{}'>{}</iq>", e.get_attr("id").unwrap(), answer.to_xml())).await;
             break;
         }
@@ -219,4 +228,20 @@ async fn options_retract_delete_and_restart(db: Db) {
     s.stop().await;
 }
 
-crate::on_both!(publish_read_and_notify, options_retract_delete_and_restart);
+/// XEP-0115 section 5.4: an answer that does not match its hash is not kept, so one client
+/// cannot poison the features of every client announcing the same ver.
+async fn caps_answers_are_checked(db: Db) {
+    let s = setup(db).await;
+    let mut alice = s.online("alice", PW, "phone").await;
+    let mut liar = online_caps(&s, "bob", "liar", &[NICK], true).await;
+    liar.drain(300).await;
+    alice.iq(&publish(NICK, "current", &format!("<nick xmlns='{NICK}'>Ali</nick>"), &[])).await;
+    liar.expect_silence(300).await;
+    // The same ver from an honest client is asked again (nothing was kept), and then it counts.
+    let mut honest = online_notify(&s, "bob", "honest", &[NICK]).await;
+    let e = event(&mut honest).await;
+    assert_eq!(e.find("items", EVENT).and_then(|i| i.get_attr("node")), Some(NICK), "the last item once its caps are known");
+    s.stop().await;
+}
+
+crate::on_both!(publish_read_and_notify, options_retract_delete_and_restart, caps_answers_are_checked);
