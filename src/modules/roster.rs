@@ -75,13 +75,20 @@ fn handle<'a>(server: &'a Server, req: IqRequest<'a>) -> IqFuture<'a> {
                 server.sessions.update(&full, s.id, |e| e.roster_requested = true);
             }
         }
-        let version = server.storage.roster_version(owner.as_str()).await?;
-        // XEP-0237: an up-to-date client gets an empty result, then pushes.
-        if req.payload.get_attr("ver") == Some(version.to_string().as_str()) {
-            return Ok(None);
-        }
+        // XEP-0237: an up-to-date client gets an empty result, then pushes; a client without
+        // a version gets the roster and its version in one query.
+        let (version, items) = match req.payload.get_attr("ver") {
+            Some(ver) => {
+                let version = server.storage.roster_version(owner.as_str()).await?;
+                if ver == version.to_string() {
+                    return Ok(None);
+                }
+                (version, server.storage.roster(owner.as_str()).await?)
+            }
+            None => server.storage.roster_with_version(owner.as_str()).await?,
+        };
         let mut q = Element::new("query", ns::ROSTER).attr("ver", version.to_string());
-        for item in server.storage.roster(owner.as_str()).await? {
+        for item in items {
             q = q.child(item_element(&item));
         }
         Ok(Some(q))

@@ -101,6 +101,34 @@ impl Storage {
         Ok(rows.iter().map(RosterItem::from_row).collect())
     }
 
+    /// The roster and its version in one query (a login's roster get without `ver`).
+    pub async fn roster_with_version(&self, owner: &str) -> Result<(i64, Vec<RosterItem>)> {
+        let rows = sqlx::query(&format!(
+            "SELECT COALESCE((SELECT version FROM roster_versions WHERE owner = $1), 0), {ITEM_COLUMNS} \
+             FROM (SELECT 1 AS one) AS o LEFT JOIN roster_items ON roster_items.owner = $1 ORDER BY contact"
+        ))
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        let version = rows.first().map(|r| r.get::<i64, _>(0)).unwrap_or(0);
+        let items = rows
+            .iter()
+            .filter(|r| r.get::<Option<String>, _>(1).is_some())
+            .map(|r| {
+                let groups: String = r.get(6);
+                RosterItem {
+                    contact: r.get(1),
+                    name: r.get(2),
+                    subscription: Subscription::parse(&r.get::<String, _>(3)),
+                    ask: r.get::<i64, _>(4) != 0,
+                    approved: r.get::<i64, _>(5) != 0,
+                    groups: groups.split('\n').filter(|g| !g.is_empty()).map(String::from).collect(),
+                }
+            })
+            .collect();
+        Ok((version, items))
+    }
+
     pub async fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>> {
         let row = sqlx::query(&format!("SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = $1 AND contact = $2"))
             .bind(owner)

@@ -322,6 +322,15 @@ async fn roster_versioning(db: Db) {
     let mut b = s.login("alice", PW, "other").await;
     let r = b.iq(&format!("<iq type='get' id='v5'><query xmlns='jabber:iq:roster' ver='{v2}'/></iq>")).await;
     assert!(r.elements().next().is_none(), "{r}");
+    // Without 'ver': the whole roster, with the same latest version.
+    let q = get_roster(&mut b).await;
+    assert_eq!(q.get_attr("ver"), Some(v2.as_str()), "{q}");
+    assert_eq!(q.elements().count(), 2, "{q}");
+    // An account with no roster at all: empty, version 0.
+    s.add_user("zed", PW).await;
+    let mut z = s.login("zed", PW, "r").await;
+    let q = get_roster(&mut z).await;
+    assert_eq!((q.get_attr("ver"), q.elements().count()), (Some("0"), 0), "{q}");
     quiet(&mut b).await;
     s.stop().await;
 }
