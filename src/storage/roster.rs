@@ -78,13 +78,18 @@ impl RosterItem {
     }
 
     fn from_row(r: &AnyRow) -> RosterItem {
-        let groups: String = r.get(5);
+        Self::from_row_at(r, 0)
+    }
+
+    /// The item whose `ITEM_COLUMNS` start at column `at`.
+    fn from_row_at(r: &AnyRow, at: usize) -> RosterItem {
+        let groups: String = r.get(at + 5);
         RosterItem {
-            contact: r.get(0),
-            name: r.get(1),
-            subscription: Subscription::parse(&r.get::<String, _>(2)),
-            ask: r.get::<i64, _>(3) != 0,
-            approved: r.get::<i64, _>(4) != 0,
+            contact: r.get(at),
+            name: r.get(at + 1),
+            subscription: Subscription::parse(&r.get::<String, _>(at + 2)),
+            ask: r.get::<i64, _>(at + 3) != 0,
+            approved: r.get::<i64, _>(at + 4) != 0,
             groups: groups.split('\n').filter(|g| !g.is_empty()).map(String::from).collect(),
         }
     }
@@ -111,21 +116,8 @@ impl Storage {
         .fetch_all(&self.pool)
         .await?;
         let version = rows.first().map(|r| r.get::<i64, _>(0)).unwrap_or(0);
-        let items = rows
-            .iter()
-            .filter(|r| r.get::<Option<String>, _>(1).is_some())
-            .map(|r| {
-                let groups: String = r.get(6);
-                RosterItem {
-                    contact: r.get(1),
-                    name: r.get(2),
-                    subscription: Subscription::parse(&r.get::<String, _>(3)),
-                    ask: r.get::<i64, _>(4) != 0,
-                    approved: r.get::<i64, _>(5) != 0,
-                    groups: groups.split('\n').filter(|g| !g.is_empty()).map(String::from).collect(),
-                }
-            })
-            .collect();
+        // No items: one row whose item columns are null.
+        let items = rows.iter().filter(|r| r.get::<Option<String>, _>(1).is_some()).map(|r| RosterItem::from_row_at(r, 1)).collect();
         Ok((version, items))
     }
 
