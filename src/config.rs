@@ -81,7 +81,7 @@ pub struct BotConfig {
     #[serde(default)]
     pub url: String,
     /// Signs the calls to `url` (X-Starling-Signature: sha256=HMAC-SHA-256 of the body) and
-    /// authenticates the events external systems POST to /hooks/<domain>/<name>.
+    /// authenticates the events external systems POST to `/hooks/<domain>/<name>`.
     pub secret: String,
     /// Where pushed events go when the request names no `to`: accounts' or rooms' JIDs (an
     /// event for a room is said there by an occupant named after the hook).

@@ -1,4 +1,4 @@
-//! Error enums, and the ONE place where they become wire errors: [`StreamError::to_element`]
+//! Error enums, and the ONE place where they become wire errors: [`StreamError::to_xml`]
 //! and [`StanzaError::reply_to`].
 
 use crate::xml::{ns, Element, XmlError};

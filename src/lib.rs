@@ -5,15 +5,21 @@
 //! A stanza's path, top to bottom of `src/`:
 //!
 //! ```text
-//! socket -> stream::tls::Transport (TCP / TLS) -> xml::XmlReader (limits, restricted XML)
+//! socket -> stream::tls::Transport (TCP / TLS, or the pipe of a WebSocket / BOSH link
+//!           framed by `http::websocket` / `http::bosh`) -> xml::XmlReader (limits)
 //!        -> session::c2s (negotiation: STARTTLS, SASL, bind; then the session loop)
 //!        -> stanza::Stanza (typed envelope, parsed once) -> c2s policy (stamp `from`)
 //!        -> modules (presence broadcast, outbound subscriptions) -> router::route
 //!        -> destination: server IQ handlers (modules), local account (presence/roster
 //!           inbound, delivery rules), a local service (group chat: the room's task, which fans
-//!           out to its occupants' mailboxes), remote domain (later: s2s link)
+//!           out to its occupants' mailboxes, or relays to occupants that are not local
+//!           sessions), an external component (`session::component`), an HTTP bot
+//!           (`modules::bots`), remote domain (later: s2s link)
 //!        -> session::registry mailbox -> the target session's loop -> one write per batch
 //! ```
+//!
+//! `http` is the HTTP listener: webhooks into bots, the REST API (`http::api`), the WebSocket
+//! and BOSH links for browsers, and `/metrics`.
 //!
 //! The core is `xml`, `jid`, `stanza`, `stream`, `sasl`, `session`, `router`, `storage`;
 //! features are `modules`, each declaring its specifications, disco features and IQ handlers as
