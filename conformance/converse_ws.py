@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Converse.js driver: XMPP over WebSocket (RFC 7395) from a real browser client. Converse.js
+"""Converse.js driver: XMPP over WebSocket (RFC 7395), or over BOSH (XEP-0124/0206) with
+--transport bosh, from a real browser client. Converse.js
 14 runs in headless Chromium (Debian's, driven by playwright-core through converse/driver.mjs,
 which serves converse/index.html and node_modules on a port of 127.0.0.1), logs in at
 ws://HOST:HTTP/xmpp-websocket with auto_login, looks for XEP-0191 blocking on the server's
@@ -11,8 +12,17 @@ answer <close/> with <close/> and close the WebSocket. Every WebSocket frame is 
 one complete XML element (RFC 7395 section 3.3.3); all of them, and the page's console, are in
 WORKDIR/converse-browser.log; WORKDIR/converse.png is the page with the chat open.
 
+With --transport bosh Converse logs in at http://HOST:HTTP/http-bind instead (checks are named
+converse-bosh-*, files converse-bosh-browser.log and converse-bosh.png) and the WebSocket checks
+give way to BOSH ones, read off every POST to /http-bind and its response: the session creation
+response carries sid, wait, requests and hold (XEP-0124 section 7); every request and response is
+one <body/> of the httpbind namespace, answered with HTTP 200, and the rids go up by one; Converse's
+logout is a <body type='terminate'/> the server answers; and a session made and terminated by hand
+in the page is gone afterwards (item-not-found, XEP-0124 section 14).
+
 Usage: converse_ws.py --starttls-port P --tls-port Q --http-port H --user paul --password X \
-                      --peer quinn --peer-pass Y --workdir DIR [--chromium PATH] [--cafile CRT] [--log FILE]
+                      --peer quinn --peer-pass Y --workdir DIR [--transport websocket|bosh]
+                      [--chromium PATH] [--cafile CRT] [--log FILE]
 """
 
 import asyncio
@@ -32,6 +42,7 @@ P = "converse-"
 HERE = Path(__file__).resolve().parent
 LOG = logging.getLogger("conformance")
 FRAMING = "urn:ietf:params:xml:ns:xmpp-framing"
+HTTPBIND = "http://jabber.org/protocol/httpbind"
 
 
 class Browser:
@@ -102,7 +113,10 @@ def frames_of(frames, direction):
 async def scenario(args):
     jid = f"{args.user}@{args.domain}"
     peer_jid = f"{args.peer}@{args.domain}"
-    ws_url = f"ws://{args.host}:{args.http_port}/xmpp-websocket"
+    if args.transport == "bosh":
+        ws_url = f"http://{args.host}:{args.http_port}/http-bind"
+    else:
+        ws_url = f"ws://{args.host}:{args.http_port}/xmpp-websocket"
 
     # ---- what the driver needs: node, its packages, a Chromium
     if shutil.which("node") is None:
@@ -144,9 +158,11 @@ async def scenario(args):
 
 
 async def steps(args, browser, peer, jid, peer_jid, ws_url):
-    # ---- login over WebSocket
+    bosh = args.transport == "bosh"
+    # ---- login over WebSocket (or BOSH)
+    url_setting = "bosh_service_url" if bosh else "websocket_url"
     try:
-        res = await browser.call("start", {"websocket_url": ws_url, "jid": jid + "/converse", "password": args.password},
+        res = await browser.call("start", {url_setting: ws_url, "jid": jid + "/converse", "password": args.password},
                                  20000, timeout=25)
     except Exception as e:
         res = {"ok": False, "detail": f"{e}"}
@@ -157,16 +173,23 @@ async def steps(args, browser, peer, jid, peer_jid, ws_url):
         report(P + "login", False, f"{res.get('detail')}; frames: {frame_summary(frames)}")
         return
     bound = res.get("jid") or ""
-    ok = bound.split("/")[0] == jid and res.get("protocol") == "xmpp"
-    report(P + "login", ok, f"bound {bound} over {ws_url}, subprotocol={res.get('protocol')!r}, SASL {mech}")
+    if bosh:
+        ok = bound.split("/")[0] == jid and bool(res.get("bosh_sid"))
+        report(P + "login", ok, f"bound {bound} over {ws_url}, BOSH sid={res.get('bosh_sid')!r}, SASL {mech}")
+    else:
+        ok = bound.split("/")[0] == jid and res.get("protocol") == "xmpp"
+        report(P + "login", ok, f"bound {bound} over {ws_url}, subprotocol={res.get('protocol')!r}, SASL {mech}")
     # The server offers SCRAM; Converse (Strophe.js) must not have had to fall back to PLAIN.
     report(P + "sasl-scram", bool(mech) and mech.startswith("SCRAM-"),
            f"mechanism {mech}; offered: {offered_mechs(recv)}")
 
-    # The stream as RFC 7395 frames it: <open/> (not <stream:stream>), one element a message.
-    first = recv[0] if recv else ""
-    opened = bool(re.match(r"<open\b", first)) and FRAMING in first and "version=\"1.0\"" in first.replace("'", '"')
-    report(P + "ws.open", opened, f"first frame from the server: {short(first)}")
+    if bosh:
+        check_bosh_session(frames)
+    else:
+        # The stream as RFC 7395 frames it: <open/> (not <stream:stream>), one element a message.
+        first = recv[0] if recv else ""
+        opened = bool(re.match(r"<open\b", first)) and FRAMING in first and "version=\"1.0\"" in first.replace("'", '"')
+        report(P + "ws.open", opened, f"first frame from the server: {short(first)}")
 
     # ---- XEP-0191 discovery: Converse asks the server's domain for urn:xmpp:blocking; without it
     # Converse never sets up its blocklist, and then cannot open a chat with anyone who is not in
@@ -186,7 +209,7 @@ async def steps(args, browser, peer, jid, peer_jid, ws_url):
     # Converse sees the peer available.
     mk = peer.mark()
     try:
-        res = await browser.call("addContact", peer_jid, "Quinn the peer", 10000, timeout=12)
+        res = await browser.call("addContact", peer_jid, f"{args.peer.capitalize()} the peer", 10000, timeout=12)
     except Exception as e:
         res = {"ok": False, "detail": str(e)}
     sub = await peer.wait_for(lambda st: is_presence(st, jid, "subscribe"), since=mk, timeout=10)
@@ -247,21 +270,18 @@ async def steps(args, browser, peer, jid, peer_jid, ws_url):
 
     # What a person would see now (the chat with the peer), for whoever reads the logs.
     try:
-        await browser.request(timeout=10, screenshot=os.path.join(args.workdir, "converse.png"))
+        await browser.request(timeout=10, screenshot=os.path.join(args.workdir, P.rstrip("-") + ".png"))
     except Exception as e:
         LOG.warning("screenshot: %s", e)
 
-    # ---- every frame one complete element (RFC 7395 section 3.3.3)
     frames = await browser.request(frames=True)
-    payloads = [f["payload"] for f in frames if f["dir"] in ("sent", "recv")]
-    bad = await browser.call("checkFrames", payloads, timeout=10)
-    stream_prefix = [p for p in frames_of(frames, "recv") if re.match(r"<stream:stream\b|</stream:stream>", p)]
-    report(P + "ws.framing", not bad and not stream_prefix,
-           f"{len(payloads)} frames, each one well-formed element" if not bad and not stream_prefix
-           else f"not one element: {bad[:3]}; stream tags: {stream_prefix[:2]}")
+    if bosh:
+        await check_bosh_framing(browser, frames)
+    else:
+        await check_ws_framing(browser, frames)
 
     # ---- logout: Converse sends unavailable presence and <close/> (and closes the socket
-    # itself at once); the peer sees it go offline.
+    # itself at once), or over BOSH a <body type='terminate'/> with it; the peer sees it go offline.
     n0 = len(frames)
     mk = peer.mark()
     try:
@@ -274,10 +294,29 @@ async def steps(args, browser, peer, jid, peer_jid, ws_url):
     report(P + "logout", gone is not None,
            xml(gone) if gone is not None else f"peer got: {peer.recent(mk)}; frames: {frame_summary(frames[n0:])}")
 
+    if bosh:
+        await asyncio.sleep(1)  # the answer to the terminate request may still be on its way
+        check_bosh_terminate((await browser.request(frames=True))[n0:])
+        await check_bosh_close(browser, ws_url, args.domain)
+    else:
+        await check_ws_close(browser, ws_url, args.domain)
+
+
+async def check_ws_framing(browser, frames):
+    # ---- every frame one complete element (RFC 7395 section 3.3.3)
+    payloads = [f["payload"] for f in frames if f["dir"] in ("sent", "recv")]
+    bad = await browser.call("checkFrames", payloads, timeout=10)
+    stream_prefix = [p for p in frames_of(frames, "recv") if re.match(r"<stream:stream\b|</stream:stream>", p)]
+    report(P + "ws.framing", not bad and not stream_prefix,
+           f"{len(payloads)} frames, each one well-formed element" if not bad and not stream_prefix
+           else f"not one element: {bad[:3]}; stream tags: {stream_prefix[:2]}")
+
+
+async def check_ws_close(browser, ws_url, domain):
     # ---- the closing handshake, from a bare WebSocket in the same page: the server must
     # answer <close/> with <close/> and then close the WebSocket (RFC 7395 section 3.6).
     try:
-        r = await browser.call("rawClose", ws_url, args.domain, 8000, timeout=10)
+        r = await browser.call("rawClose", ws_url, domain, 8000, timeout=10)
     except Exception as e:
         r = {"why": f"error: {e}", "got": [], "close": None}
     got = r.get("got") or []
@@ -286,6 +325,113 @@ async def steps(args, browser, peer, jid, peer_jid, ws_url):
     report(P + "ws.close", bool(ok),
            f"server answered <close/> and closed the WebSocket: {r.get('close')}" if ok else
            f"{r.get('why')}; close={r.get('close')}; received: {' | '.join(short(g, 160) for g in got[-4:])}")
+
+
+def attr(xml_text, name):
+    """The value of attribute name on the first element of xml_text (None when absent)."""
+    m = re.match(r"\s*<[^>]*?\s" + re.escape(name) + r"\s*=\s*(['\"])(.*?)\1", xml_text or "", re.S)
+    return m.group(2) if m else None
+
+
+def bosh_pairs(frames):
+    """[(request, response or None)] of the BOSH requests in frames, in the order they were sent."""
+    sent = [f for f in frames if f.get("bosh") and f["dir"] == "sent"]
+    answers = {f["seq"]: f for f in frames if f.get("bosh") and f["dir"] in ("recv", "error")}
+    return [(s, answers.get(s["seq"])) for s in sent]
+
+
+def check_bosh_session(frames):
+    # ---- XEP-0124 section 7 / XEP-0206 section 3: the session creation response
+    pairs = bosh_pairs(frames)
+    if not pairs:
+        report(P + "session", False, "no POST to /http-bind seen")
+        return
+    req, resp = pairs[0]
+    body = (resp or {}).get("payload", "")
+    status = (resp or {}).get("status")
+    values = {a: attr(body, a) for a in ("sid", "wait", "requests", "hold", "ver", "xmpp:version")}
+    cors = ((resp or {}).get("headers") or {}).get("access-control-allow-origin")
+    problems = []
+    if attr(req["payload"], "sid") is not None:
+        problems.append("the first request already had a sid")
+    if status != 200:
+        problems.append(f"HTTP {status}")
+    if not re.match(r"\s*<body\b", body) or HTTPBIND not in body:
+        problems.append("the response is not a <body/> of the httpbind namespace")
+    for a in ("sid", "wait", "requests", "hold"):
+        if not values[a]:
+            problems.append(f"no {a} attribute")
+        elif a != "sid" and not values[a].isdigit():
+            problems.append(f"{a}={values[a]!r} is not a number")
+    if attr(req["payload"], "wait") and (values["wait"] or "").isdigit() and \
+            int(values["wait"]) > int(attr(req["payload"], "wait")):
+        problems.append(f"wait {values['wait']} is more than the client's {attr(req['payload'], 'wait')}")
+    if attr(req["payload"], "xmpp:version") and values["xmpp:version"] != "1.0":
+        problems.append("no xmpp:version='1.0' (XEP-0206 section 3)")
+    detail = (f"request: {short(req['payload'], 400)}; response HTTP {status} (CORS {cors!r}): {short(body, 600)}")
+    report(P + "session", not problems,
+           f"sid={values['sid']} wait={values['wait']} requests={values['requests']} hold={values['hold']} "
+           f"ver={values['ver']} xmpp:version={values['xmpp:version']}; {detail}" if not problems
+           else f"{'; '.join(problems)}; {detail}")
+
+
+async def check_bosh_framing(browser, frames):
+    # ---- every request and response one <body/> (XEP-0124 section 4), HTTP 200, rids + 1 each
+    pairs = bosh_pairs(frames)
+    bodies = [s["payload"] for s, _ in pairs] + [r["payload"] for _, r in pairs if r and r["dir"] == "recv"]
+    bad = await browser.call("checkBodies", bodies, timeout=10) if bodies else ["no BOSH requests"]
+    not_ok = [f"#{s['seq']} {short(s['payload'], 160)} -> "
+              + (f"HTTP {r.get('status')} {short(r['payload'], 200)}" if r and r["dir"] == "recv"
+                 else f"{(r or {}).get('payload', 'no response yet')}")
+              for s, r in pairs if r is not None and (r["dir"] != "recv" or r.get("status") != 200)]
+    rids = [int(attr(s["payload"], "rid")) for s, _ in pairs if (attr(s["payload"], "rid") or "").isdigit()]
+    jumps = [(a, b) for a, b in zip(rids, rids[1:]) if b != a + 1]
+    ok = not bad and not not_ok and len(rids) == len(pairs) and not jumps
+    open_now = sum(1 for _, r in pairs if r is None)
+    report(P + "framing", ok,
+           f"{len(pairs)} requests (rid {rids[0] if rids else None}..{rids[-1] if rids else None}, {open_now} still held), "
+           f"{len(bodies)} bodies, each one <body/> of {HTTPBIND}, every response HTTP 200" if ok
+           else f"not one <body/>: {bad[:3]}; not HTTP 200: {not_ok[:3]}; rid jumps: {jumps[:3]}; "
+                f"{len(pairs) - len(rids)} request(s) without a numeric rid")
+
+
+def check_bosh_terminate(frames):
+    # ---- Converse's logout over BOSH: <body type='terminate'/> (XEP-0124 section 13), answered
+    pairs = bosh_pairs(frames)
+    term = [(s, r) for s, r in pairs if attr(s["payload"], "type") == "terminate"]
+    if not term:
+        report(P + "terminate", False,
+               f"no <body type='terminate'/> at logout; requests: {' | '.join(short(s['payload'], 160) for s, _ in pairs[-4:])}")
+        return
+    s, r = term[0]
+    answered = r is not None and r["dir"] == "recv" and r.get("status") == 200
+    # A browser may cancel the request itself once Strophe is done with it; say what happened.
+    report(P + "terminate", answered,
+           f"sent: {short(s['payload'], 300)}; answer: HTTP {r.get('status')} {short(r['payload'], 300)}" if answered
+           else f"sent: {short(s['payload'], 300)}; answer: "
+                f"{'none' if r is None else (r.get('status'), short(r['payload'], 300))}")
+
+
+async def check_bosh_close(browser, url, domain):
+    # ---- a session made and terminated in the page: afterwards its sid is refused with
+    # <body type='terminate' condition='item-not-found'/> (XEP-0124 section 14)
+    try:
+        r = await browser.call("rawTerminate", url, domain, 8000, timeout=30)
+    except Exception as e:
+        r = {"ok": False, "steps": [], "error": str(e)}
+    steps = r.get("steps") or []
+    desc = " | ".join(f"{short(st.get('sent'), 160)} -> "
+                      + (f"HTTP {st.get('status')} {short(st.get('body'), 200)}" if "status" in st else st.get("error", "?"))
+                      for st in steps)
+    ok = False
+    if r.get("ok") and len(steps) == 3:
+        t, after = steps[1], steps[2]
+        t_ok = t.get("status") == 200 and re.match(r"\s*<body\b", t.get("body") or "")
+        gone = after.get("status") in (200, 404) and attr(after.get("body"), "type") == "terminate" \
+            and attr(after.get("body"), "condition") == "item-not-found"
+        ok = bool(t_ok and gone)
+    report(P + "close", ok,
+           f"terminate answered, then the old sid refused: {desc}" if ok else f"{r.get('error', '')} {desc}".strip())
 
 
 def domain_features(recv, domain):
@@ -316,9 +462,13 @@ async def main():
     p.add_argument("--peer-pass", required=True)
     p.add_argument("--workdir", required=True)
     p.add_argument("--chromium", default="", help="Chromium binary (default: chromium on PATH)")
+    p.add_argument("--transport", choices=("websocket", "bosh"), default="websocket",
+                   help="websocket_url (RFC 7395) or bosh_service_url (XEP-0124/0206)")
     args = p.parse_args()
+    global P
+    P = "converse-bosh-" if args.transport == "bosh" else "converse-"
     setup_logging(args.log)
-    args.browser_log = os.path.join(args.workdir, "converse-browser.log")
+    args.browser_log = os.path.join(args.workdir, P + "browser.log")
     try:
         await asyncio.wait_for(scenario(args), 105)
     except asyncio.TimeoutError:

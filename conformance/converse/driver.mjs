@@ -4,13 +4,13 @@
 // 127.0.0.1, opens the page in Chromium and then answers one JSON request a line on stdin
 // with one JSON line on stdout:
 //   {"id": 1, "call": "start", "args": [...], "timeout": ms}   -> window.T.start(...args)
-//   {"id": 2, "frames": true}                                  -> the WebSocket frames so far
+//   {"id": 2, "frames": true}                                  -> the WebSocket frames (and BOSH requests) so far
 //   {"id": 3, "screenshot": "/path.png"}
 //   {"id": 4, "eval": "js expression"}                         -> its value (for debugging)
 //   {"id": 5, "quit": true}
 // Every line written is {"id": ..., "ok": true, "result": ...} or {"id": ..., "ok": false, "error": "..."};
 // the first line is {"id": 0, "ok": ..., "result": {"url": ..., "browser": ...}} once the page is loaded.
-// The page's console and every WebSocket frame go to the log file (--log).
+// The page's console, every WebSocket frame and every BOSH request and response go to the log file (--log).
 //
 // Usage: node driver.mjs --chromium /usr/bin/chromium --log FILE
 import fs from 'node:fs';
@@ -114,6 +114,39 @@ async function main() {
         ws.on('framereceived', (f) => rec('recv', f.payload));
         ws.on('socketerror', (e) => { log(`ws error ${e}`); frames.push({ t: Date.now() - t0, dir: 'error', url: ws.url(), payload: String(e) }); });
         ws.on('close', () => { log('ws close'); frames.push({ t: Date.now() - t0, dir: 'close', url: ws.url(), payload: '' }); });
+    });
+    // BOSH (XEP-0124/0206): every POST to /http-bind and its answer, in the same list as the
+    // WebSocket frames: {dir: 'sent', seq, payload} when the request leaves, {dir: 'recv', seq,
+    // status, headers, payload} when its response is complete ('error' when it failed).
+    const isBosh = (r) => r.method() === 'POST' && new URL(r.url()).pathname === '/http-bind';
+    const boshSeq = new WeakMap();
+    let nextSeq = 1;
+    page.on('request', (r) => {
+        if (!isBosh(r)) return;
+        const seq = nextSeq++;
+        boshSeq.set(r, seq);
+        const p = r.postData() ?? '';
+        frames.push({ t: Date.now() - t0, dir: 'sent', bosh: true, seq, url: r.url(), payload: p });
+        log(`bosh sent #${seq} ${p}`);
+    });
+    page.on('requestfinished', async (r) => {
+        if (!boshSeq.has(r)) return;
+        const seq = boshSeq.get(r);
+        try {
+            const resp = await r.response();
+            const body = resp ? await resp.text() : '';
+            const rec = { t: Date.now() - t0, dir: 'recv', bosh: true, seq, url: r.url(), status: resp?.status() ?? null,
+                headers: resp ? resp.headers() : {}, payload: body };
+            frames.push(rec);
+            log(`bosh recv #${seq} HTTP ${rec.status} ${body}`);
+        } catch (e) {
+            frames.push({ t: Date.now() - t0, dir: 'error', bosh: true, seq, url: r.url(), payload: String(e) });
+            log(`bosh #${seq} response unreadable: ${e}`);
+        }
+    });
+    page.on('requestfailed', (r) => {
+        if (!boshSeq.has(r)) return;
+        frames.push({ t: Date.now() - t0, dir: 'error', bosh: true, seq: boshSeq.get(r), url: r.url(), payload: r.failure()?.errorText ?? 'failed' });
     });
     try {
         await page.goto(url, { timeout: 20000 });

@@ -1,6 +1,6 @@
 // Loaded by index.html in headless Chromium; driver.mjs calls window.T.<name>(...args).
 // Converse.js (from node_modules, no build step) logs in over XMPP-over-WebSocket (RFC 7395)
-// with the settings handed to T.start(); the helpers below read its state through the
+// or BOSH (XEP-0124/0206), whichever the settings handed to T.start() name; the helpers below read its state through the
 // private _converse object a plugin of ours captures.
 import converse from './node_modules/converse.js/dist/converse.min.js';
 
@@ -73,6 +73,7 @@ window.T = {
             ok: true,
             jid: conn.jid,
             protocol: conn._proto?.socket?.protocol ?? null,
+            bosh_sid: conn._proto?.sid ?? null, // Strophe's Bosh keeps the session id here
             detail: feedback(),
         };
     },
@@ -202,6 +203,58 @@ window.T = {
             ws.onerror = () => got.push('(error event)');
             ws.onclose = (ev) => done('closed', { code: ev.code, reason: ev.reason, wasClean: ev.wasClean });
         });
+    },
+
+    /**
+     * BOSH without Converse: creates a session (XEP-0124 section 7), terminates it (section 13)
+     * and then sends one more request with the old sid, which the connection manager must
+     * refuse with <body type='terminate' condition='item-not-found'/> (section 14).
+     * Returns each exchange as {sent, status, body} (or {sent, error}).
+     */
+    async rawTerminate(url, domain, timeout_ms) {
+        const NS = "xmlns='http://jabber.org/protocol/httpbind'";
+        const steps = [];
+        const post = async (body) => {
+            const ctl = new AbortController();
+            const timer = setTimeout(() => ctl.abort(), timeout_ms);
+            const step = { sent: body };
+            steps.push(step);
+            try {
+                const r = await fetch(url, { method: 'POST', body, signal: ctl.signal,
+                    headers: { 'Content-Type': 'text/xml; charset=utf-8' } });
+                step.status = r.status;
+                step.body = await r.text();
+            } catch (e) {
+                step.error = String(e);
+            } finally {
+                clearTimeout(timer);
+            }
+            return step;
+        };
+        let rid = 1000000 + Math.floor(Math.random() * 1000000);
+        const created = await post(`<body ${NS} xmlns:xmpp='urn:xmpp:xbosh' content='text/xml; charset=utf-8' hold='1' ` +
+            `rid='${rid}' to='${domain}' ver='1.6' wait='5' xml:lang='en' xmpp:version='1.0'/>`);
+        const sid = /\bsid=['"]([^'"]+)/.exec(created.body || '')?.[1];
+        if (!sid) return { ok: false, sid: null, steps };
+        await post(`<body ${NS} rid='${++rid}' sid='${sid}' type='terminate'>` +
+            `<presence xmlns='jabber:client' type='unavailable'/></body>`);
+        await post(`<body ${NS} rid='${++rid}' sid='${sid}'/>`);
+        return { ok: true, sid, steps };
+    },
+
+    /** XEP-0124 framing: every request and response body is one <body/> of the httpbind namespace. */
+    checkBodies(bodies) {
+        const bad = [];
+        for (const f of bodies) {
+            const doc = new DOMParser().parseFromString(f, 'application/xml');
+            const err = doc.getElementsByTagName('parsererror')[0];
+            const root = doc.documentElement;
+            if (err) bad.push(`${f.slice(0, 200)} :: ${err.textContent.slice(0, 120)}`);
+            else if (root.localName !== 'body' || root.namespaceURI !== 'http://jabber.org/protocol/httpbind') {
+                bad.push(`${f.slice(0, 200)} :: root is {${root.namespaceURI}}${root.localName}`);
+            }
+        }
+        return bad;
     },
 
     events() {
