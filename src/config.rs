@@ -59,6 +59,9 @@ pub struct HttpConfig {
     /// Client sessions over BOSH at `/http-bind` (XEP-0124, XEP-0206).
     #[serde(default = "yes")]
     pub bosh: bool,
+    /// A BOSH session without any request for this many seconds is over (XEP-0124 section 12).
+    #[serde(default = "default_bosh_inactivity")]
+    pub bosh_inactivity_secs: u64,
     /// `/metrics` for monitoring (Prometheus text format). Off by default: it tells anyone who
     /// reaches the listener how busy the server is.
     #[serde(default)]
@@ -67,7 +70,14 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: Vec::new(), api_tokens: Vec::new(), websocket: true, bosh: true, metrics: false }
+        HttpConfig {
+            listen: Vec::new(),
+            api_tokens: Vec::new(),
+            websocket: true,
+            bosh: true,
+            bosh_inactivity_secs: default_bosh_inactivity(),
+            metrics: false,
+        }
     }
 }
 
@@ -279,6 +289,10 @@ pub struct LogConfig {
     /// tracing filter (`info`, `starling=debug`, ...); RUST_LOG wins when set.
     #[serde(default = "default_level")]
     pub level: String,
+}
+
+fn default_bosh_inactivity() -> u64 {
+    60
 }
 
 fn yes() -> bool {

@@ -13,8 +13,8 @@
 //! - `rid` must grow by one per new request, within the `requests` window; a request that
 //!   repeats the last answered `rid` gets the same answer again (a broken connection); others
 //!   end the session with `item-not-found`, as does an unknown `sid` (section 17.2).
-//! - a session without a request for `inactivity` seconds is ended, as a dropped TCP
-//!   connection would be (stream management can resume it).
+//! - a session without a request for `inactivity` seconds (`http.bosh_inactivity_secs`, 60)
+//!   is ended, as a dropped TCP connection would be (stream management can resume it).
 //!
 //! Requests are handled in the order they arrive. The link counts as secure (`secure='true'`
 //! is not required of the client): TLS, where there is any, ends before this listener.
@@ -52,8 +52,6 @@ pub const MODULE: Module = Module {
 
 /// Longest wait the server grants (the client asks for its own, up to this).
 const MAX_WAIT: u64 = 60;
-/// A session without any request for this long is over.
-const INACTIVITY: u64 = 60;
 const HOLD: u64 = 1;
 const REQUESTS: u64 = HOLD + 1;
 /// Shortest polling interval, for clients that do not hold requests.
@@ -88,6 +86,8 @@ impl Sessions {
 struct Session {
     sid: String,
     wait: u64,
+    /// No request for this long ends the session (`http.bosh_inactivity_secs`).
+    inactivity: Duration,
     /// The host and language of the session's stream, for its restarts.
     to: String,
     lang: String,
@@ -194,6 +194,7 @@ async fn create(server: Arc<Server>, sessions: Arc<Sessions>, peer: SocketAddr, 
     let session = Arc::new(Session {
         sid: sid.clone(),
         wait,
+        inactivity: Duration::from_secs(server.config.http.bosh_inactivity_secs.max(1)),
         to: to.clone(),
         lang: lang.clone(),
         input: Mutex::new(Some(tx)),
@@ -228,9 +229,10 @@ async fn create(server: Arc<Server>, sessions: Arc<Sessions>, peer: SocketAddr, 
     // The lower of the client's version and ours (1.11).
     let version = |v: &str| v.split_once('.').and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
     let ver = el.get_attr("ver").filter(|v| version(v).is_some_and(|v| v < (1, 11))).unwrap_or("1.11");
+    let inactivity = session.inactivity.as_secs();
     let mut out = format!(
         "<body xmlns='{NS_HTTPBIND}' xmlns:xmpp='{NS_XBOSH}' xmlns:stream='{}' sid='{sid}' wait='{wait}' requests='{REQUESTS}' \
-         hold='{hold}' inactivity='{INACTIVITY}' polling='{POLLING}' ver='{}' from='{}' authid='{}' secure='true' \
+         hold='{hold}' inactivity='{inactivity}' polling='{POLLING}' ver='{}' from='{}' authid='{}' secure='true' \
          xmpp:version='1.0' xmpp:restartlogic='true'>",
         ns::STREAM,
         escape(ver),
@@ -417,11 +419,12 @@ async fn pump(s: Arc<Session>, rd: tokio::io::ReadHalf<tokio::io::DuplexStream>)
 
 /// Ends a session whose client stopped making requests (section 12).
 async fn reaper(sessions: Arc<Sessions>, s: Arc<Session>) {
+    let every = (s.inactivity / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
     loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(every).await;
         let (gone, idle) = {
             let st = s.state();
-            let idle = st.busy == 0 && st.last_request.is_some_and(|t| t.elapsed() > Duration::from_secs(INACTIVITY));
+            let idle = st.busy == 0 && st.last_request.is_some_and(|t| t.elapsed() > s.inactivity);
             (sessions.get(&s.sid).is_none(), idle)
         };
         if gone || idle {

@@ -172,4 +172,30 @@ async fn binding_errors(db: Db) {
     s.stop().await;
 }
 
-crate::on_both!(a_bosh_session, binding_errors);
+/// Section 12: a session whose client stops making requests ends after `inactivity` seconds,
+/// like a dropped connection: the resource goes, and the sid is unknown.
+async fn an_idle_session_ends(db: Db) {
+    let s = TestServer::start_with(db, |c| {
+        c.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.http.bosh_inactivity_secs = 1;
+    })
+    .await;
+    s.add_user("alice", PW).await;
+    let (mut b, created) = Bosh::create(&s).await;
+    assert_eq!(created.get_attr("inactivity"), Some("1"));
+    b.until(&format!("<auth xmlns='{}' mechanism='PLAIN'>{}</auth>", ns::SASL, plain("alice")), |e| e.ns == ns::SASL).await;
+    b.send_with(&format!("xmpp:restart='true' xmlns:xmpp='{XBOSH}'"), "").await;
+    b.until(
+        &format!("<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='{}'><resource>idle</resource></bind></iq>", ns::BIND),
+        |e| e.name == "iq",
+    )
+    .await;
+    assert!(s.running.as_ref().unwrap().server.sessions.get(&"alice@localhost/idle".parse().unwrap()).is_some());
+    // No more requests.
+    s.wait_session_gone("alice@localhost/idle").await;
+    let gone = b.send("").await;
+    assert_eq!((gone.get_attr("type"), gone.get_attr("condition")), (Some("terminate"), Some("item-not-found")));
+    s.stop().await;
+}
+
+crate::on_both!(a_bosh_session, binding_errors, an_idle_session_ends);
