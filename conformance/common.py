@@ -62,7 +62,35 @@ def xml(stanza):
         return str(stanza)
 
 
-class Client:
+class Inbox:
+    """What a connection received (`self.incoming`: (time, stanza) pairs), and waiting on it."""
+
+    def mark(self):
+        return len(self.incoming)
+
+    async def wait_for(self, pred, timeout=5, since=0):
+        """Wait until an incoming stanza (index >= since) satisfies pred."""
+        deadline = time.monotonic() + timeout
+        seen = since
+        while True:
+            while seen < len(self.incoming):
+                st = self.incoming[seen][1]
+                seen += 1
+                try:
+                    if pred(st):
+                        return st
+                except Exception:
+                    pass
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.02)
+
+    def recent(self, since=0, limit=8):
+        items = [xml(s) for _, s in self.incoming[since:]]
+        return " | ".join(items[-limit:]) if items else "(nothing received)"
+
+
+class Client(Inbox):
     """A slixmpp client that records every incoming top-level element."""
 
     def __init__(self, label, jid, password, *, args, direct_tls, mech="SCRAM-SHA-256"):
@@ -208,29 +236,6 @@ class Client:
         if t is not None:
             t.abort()
 
-    def mark(self):
-        return len(self.incoming)
-
-    async def wait_for(self, pred, timeout=5, since=0):
-        """Wait until an incoming stanza (index >= since) satisfies pred."""
-        deadline = time.monotonic() + timeout
-        seen = since
-        while True:
-            while seen < len(self.incoming):
-                st = self.incoming[seen][1]
-                seen += 1
-                try:
-                    if pred(st):
-                        return st
-                except Exception:
-                    pass
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.02)
-
-    def recent(self, since=0, limit=8):
-        items = [xml(s) for _, s in self.incoming[since:]]
-        return " | ".join(items[-limit:]) if items else "(nothing received)"
 
 
 def is_presence(st, frm=None, ptype=None):

@@ -21,7 +21,7 @@ import uuid
 from slixmpp import ComponentXMPP, JID
 from slixmpp.exceptions import IqError, IqTimeout
 
-from common import Client, base_args, finish, report, setup_logging, xml
+from common import Client, Inbox, base_args, finish, report, setup_logging, xml
 
 P = "slixmpp-component."
 NS_ACCEPT = "jabber:component:accept"
@@ -35,7 +35,7 @@ NS_FWD = "{urn:xmpp:forward:0}"
 
 # ------------------------------------------------------------- the component -----
 
-class Component:
+class Component(Inbox):
     """slixmpp's ComponentXMPP that records every incoming stanza and, when `echo` is set,
     answers chat messages to echo@<domain> with "echo: <body>"."""
 
@@ -117,28 +117,6 @@ class Component:
             if t is not None:
                 t.abort()
 
-    def mark(self):
-        return len(self.incoming)
-
-    async def wait_for(self, pred, timeout=5, since=0):
-        deadline = time.monotonic() + timeout
-        seen = since
-        while True:
-            while seen < len(self.incoming):
-                st = self.incoming[seen][1]
-                seen += 1
-                try:
-                    if pred(st):
-                        return st
-                except Exception:
-                    pass
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.02)
-
-    def recent(self, since=0, limit=8):
-        items = [xml(s) for _, s in self.incoming[since:]]
-        return " | ".join(items[-limit:]) if items else "(nothing received)"
 
 
 def local(tag):

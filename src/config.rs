@@ -403,6 +403,17 @@ default_from_serde!(
 );
 
 impl Config {
+    /// An account's address on one of the served hosts: its bare JID, host and user.
+    pub fn local_account(&self, address: &str) -> Result<(jid::BareJid, String, String), String> {
+        let j = jid::BareJid::new(address).map_err(|e| format!("{address}: {e}"))?;
+        let user = j.node().ok_or_else(|| format!("{address}: no user part"))?.as_str().to_string();
+        let host = j.domain().as_str().to_string();
+        if !self.server.hosts.contains(&host) {
+            return Err(format!("{host} is not a host of this server (server.hosts)"));
+        }
+        Ok((j, host, user))
+    }
+
     /// Read and validate a config file; every problem found is reported.
     pub fn load(path: &Path) -> Result<Config, Vec<String>> {
         let text = std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;

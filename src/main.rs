@@ -110,22 +110,11 @@ fn init_logging(cfg: &Config) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// Split and normalise user@host, checking the host is served.
-fn account(cfg: &Config, jid: &str) -> Result<(String, String), String> {
-    let j = jid::BareJid::new(jid).map_err(|e| format!("{jid}: {e}"))?;
-    let node = j.node().ok_or_else(|| format!("{jid}: no user part"))?.as_str().to_string();
-    let host = j.domain().as_str().to_string();
-    if !cfg.server.hosts.contains(&host) {
-        return Err(format!("{host} is not a host of this server (server.hosts)"));
-    }
-    Ok((host, node))
-}
-
 async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
     let storage = Storage::open(&cfg.storage_url(), 2).await.map_err(|e| e.to_string())?;
     let r = match action {
         UserCmd::Add { jid, pw } => {
-            let (host, node) = account(cfg, &jid)?;
+            let (_, host, node) = cfg.local_account(&jid)?;
             let creds = Credentials::new(&pw.read()?, cfg.auth.scram_iterations);
             if storage.create_user(&host, &node, &creds).await.map_err(|e| e.to_string())? {
                 println!("created {node}@{host}");
@@ -135,7 +124,7 @@ async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
             }
         }
         UserCmd::Del { jid } => {
-            let (host, node) = account(cfg, &jid)?;
+            let (_, host, node) = cfg.local_account(&jid)?;
             if storage.delete_user(&host, &node).await.map_err(|e| e.to_string())? {
                 println!("deleted {node}@{host}");
                 Ok(())
@@ -144,7 +133,7 @@ async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
             }
         }
         UserCmd::Passwd { jid, pw } => {
-            let (host, node) = account(cfg, &jid)?;
+            let (_, host, node) = cfg.local_account(&jid)?;
             let creds = Credentials::new(&pw.read()?, cfg.auth.scram_iterations);
             if storage.set_password(&host, &node, &creds).await.map_err(|e| e.to_string())? {
                 println!("password changed for {node}@{host}");

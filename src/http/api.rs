@@ -94,17 +94,6 @@ async fn authorize(State(server): State<Arc<Server>>, req: Request, next: Next) 
     next.run(req).await
 }
 
-/// A local account's address: (host, user).
-fn account(server: &Server, jid: &str) -> Result<(BareJid, String, String), ApiError> {
-    let j = BareJid::new(jid).map_err(|e| bad(format!("{jid:?}: {e}")))?;
-    let user = j.node().ok_or_else(|| bad(format!("{jid:?} has no user part")))?.as_str().to_string();
-    let host = j.domain().as_str().to_string();
-    if !server.is_local_domain(&host) {
-        return Err(bad(format!("{host} is not a host of this server")));
-    }
-    Ok((j, host, user))
-}
-
 fn password_of(body: &Value) -> Result<&str, ApiError> {
     match body.get("password").and_then(Value::as_str) {
         Some(p) if !p.is_empty() => Ok(p),
@@ -127,7 +116,7 @@ async fn list_users(State(server): State<Arc<Server>>, Query(q): Query<HostQuery
 }
 
 async fn create_user(State(server): State<Arc<Server>>, Json(body): Json<Value>) -> Answer {
-    let (j, host, user) = account(&server, str_field(&body, "jid")?)?;
+    let (j, host, user) = server.config.local_account(str_field(&body, "jid")?).map_err(bad)?;
     let creds = Credentials::new(password_of(&body)?, server.config.auth.scram_iterations);
     if !server.storage.create_user(&host, &user, &creds).await? {
         return Err(ApiError(StatusCode::CONFLICT, format!("{j} exists")));
@@ -136,7 +125,7 @@ async fn create_user(State(server): State<Arc<Server>>, Json(body): Json<Value>)
 }
 
 async fn delete_user(State(server): State<Arc<Server>>, Path(jid): Path<String>) -> Answer {
-    let (j, host, user) = account(&server, &jid)?;
+    let (j, host, user) = server.config.local_account(&jid).map_err(bad)?;
     if !server.storage.delete_user(&host, &user).await? {
         return Err(not_found(format!("{j} does not exist")));
     }
@@ -147,7 +136,7 @@ async fn delete_user(State(server): State<Arc<Server>>, Path(jid): Path<String>)
 }
 
 async fn set_password(State(server): State<Arc<Server>>, Path(jid): Path<String>, Json(body): Json<Value>) -> Answer {
-    let (j, host, user) = account(&server, &jid)?;
+    let (j, host, user) = server.config.local_account(&jid).map_err(bad)?;
     let creds = Credentials::new(password_of(&body)?, server.config.auth.scram_iterations);
     if !server.storage.set_password(&host, &user, &creds).await? {
         return Err(not_found(format!("{j} does not exist")));
@@ -156,7 +145,7 @@ async fn set_password(State(server): State<Arc<Server>>, Path(jid): Path<String>
 }
 
 async fn sessions(State(server): State<Arc<Server>>, Path(jid): Path<String>) -> Answer {
-    let (j, host, user) = account(&server, &jid)?;
+    let (j, host, user) = server.config.local_account(&jid).map_err(bad)?;
     if !server.storage.user_exists(&host, &user).await? {
         return Err(not_found(format!("{j} does not exist")));
     }
@@ -250,24 +239,20 @@ async fn archive_owner(server: &Server, jid: &str) -> Result<BareJid, ApiError> 
     Ok(j)
 }
 
+/// The archive row of a message id given for paging.
+async fn archive_row(server: &Server, owner: &BareJid, id: Option<String>) -> Result<Option<i64>, ApiError> {
+    let Some(id) = id else { return Ok(None) };
+    match server.storage.archive_row_id(owner.as_str(), &id).await? {
+        Some(row) => Ok(Some(row)),
+        None => Err(not_found(format!("no message {id:?} in this archive"))),
+    }
+}
+
 async fn history(State(server): State<Arc<Server>>, Path(jid): Path<String>, Query(q): Query<HistoryQuery>) -> Answer {
     let owner = archive_owner(&server, &jid).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let row_of = |id: Option<String>| {
-        let server = server.clone();
-        let owner = owner.to_string();
-        async move {
-            match id {
-                None => Ok(None),
-                Some(id) => match server.storage.archive_row_id(&owner, &id).await? {
-                    Some(row) => Ok(Some(row)),
-                    None => Err(not_found(format!("no message {id:?} in this archive"))),
-                },
-            }
-        }
-    };
-    let after = row_of(q.after).await?;
-    let before = row_of(q.before).await?;
+    let after = archive_row(&server, &owner, q.after).await?;
+    let before = archive_row(&server, &owner, q.before).await?;
     let with = match q.with {
         Some(w) => {
             let j = jid::parse(&w).ok_or_else(|| bad(format!("with: {w:?} is not a JID")))?;
@@ -302,9 +287,7 @@ async fn history(State(server): State<Arc<Server>>, Path(jid): Path<String>, Que
         let child = |name: &str| el.as_ref().and_then(|e| e.find(name, ns::CLIENT)).map(|c| c.text_content());
         messages.push(json!({
             "id": r.stanza_id,
-            "ts": crate::modules::time::xmpp_datetime(
-                time::OffsetDateTime::from_unix_timestamp_nanos(r.ts as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-            ),
+            "ts": crate::modules::time::xmpp_datetime_micros(r.ts),
             "from": attr("from"),
             "to": attr("to"),
             "type": attr("type").unwrap_or_else(|| "normal".into()),
@@ -330,8 +313,8 @@ async fn list_rooms(State(server): State<Arc<Server>>) -> Answer {
     for service in muc.domains() {
         for (jid, config) in server.storage.muc_rooms_on(service).await? {
             let c: RoomConfig = serde_json::from_str(&config).unwrap_or_default();
-            let occupants = BareJid::new(&jid).ok().map(|j| muc.is_live(&j)).unwrap_or(false);
-            rooms.push(json!({ "jid": jid, "name": c.name, "public": c.public, "members_only": c.members_only, "live": occupants }));
+            let live = BareJid::new(&jid).ok().is_some_and(|j| muc.is_live(&j));
+            rooms.push(json!({ "jid": jid, "name": c.name, "public": c.public, "members_only": c.members_only, "live": live }));
         }
     }
     Ok(Json(json!({ "rooms": rooms })).into_response())

@@ -31,10 +31,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::websocket::frame;
+use super::websocket::{client_header, frame};
 use crate::modules::{Module, Spec};
 use crate::server::Server;
-use crate::xml::{escape, ns, Element, Limits, Node, XmlEvent, XmlReader};
+use crate::xml::{escape, ns, Element, Limits, XmlEvent, XmlReader};
 
 pub const NS_HTTPBIND: &str = "http://jabber.org/protocol/httpbind";
 pub const NS_XBOSH: &str = "urn:xmpp:xbosh";
@@ -248,13 +248,7 @@ async fn create(server: Arc<Server>, sessions: Arc<Sessions>, peer: SocketAddr, 
 }
 
 fn header(to: &str, lang: &str) -> String {
-    format!(
-        "<stream:stream xmlns='{}' xmlns:stream='{}' to='{}' version='1.0' xml:lang='{}'>",
-        ns::CLIENT,
-        ns::STREAM,
-        escape(to),
-        escape(lang)
-    )
+    client_header([("to", to), ("version", "1.0"), ("xml:lang", lang)])
 }
 
 /// A request of an open session: its payloads in, then what the session has to say.
@@ -299,9 +293,7 @@ async fn payload(sessions: &Sessions, s: Arc<Session>, el: &Element, rid: u64) -
     for c in el.elements() {
         let mut c = c.clone();
         // Payloads that name no namespace are the client's (XEP-0206 section 3).
-        if c.ns == NS_HTTPBIND {
-            into_client_ns(&mut c);
-        }
+        c.move_ns(NS_HTTPBIND, ns::CLIENT);
         s.write(c.to_xml_in(ns::CLIENT)).await;
     }
     if terminating {
@@ -340,17 +332,6 @@ async fn payload(sessions: &Sessions, s: Arc<Session>, el: &Element, rid: u64) -
     out.push_str("</body>");
     s.state().last_answer = Some(out.clone());
     xml_response(out)
-}
-
-fn into_client_ns(el: &mut Element) {
-    el.ns = ns::CLIENT.to_string();
-    for c in el.children.iter_mut() {
-        if let Node::Element(c) = c {
-            if c.ns == NS_HTTPBIND {
-                into_client_ns(c);
-            }
-        }
-    }
 }
 
 /// What is queued now, or, if nothing is, what comes within `limit`.

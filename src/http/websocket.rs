@@ -108,12 +108,7 @@ async fn unframe(text: &str) -> String {
                 return "</stream:stream>".into();
             }
             if el.name == "open" {
-                let mut h = format!("<stream:stream xmlns='{}' xmlns:stream='{}'", ns::CLIENT, ns::STREAM);
-                for (k, v) in &el.attrs {
-                    h.push_str(&format!(" {k}='{}'", escape(v)));
-                }
-                h.push('>');
-                return h;
+                return client_header(el.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             }
         }
     }
@@ -148,11 +143,29 @@ async fn to_client(rd: tokio::io::ReadHalf<DuplexStream>, mut tx: futures_util::
 /// The session's stream header as `<open/>` (section 3.3.2).
 fn open(h: &StreamHeader) -> String {
     let mut s = format!("<open xmlns='{NS_FRAMING}'");
-    for (k, v) in &h.attrs {
-        s.push_str(&format!(" {k}='{}'", escape(v)));
-    }
+    push_attrs(&mut s, h.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     s.push_str("/>");
     s
+}
+
+/// The header of a client stream (`jabber:client`) with these attributes (`to`, `version`,
+/// `xml:lang`...), as a link that frames streams writes it for the session.
+pub(crate) fn client_header<'a>(attrs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut h = format!("<stream:stream xmlns='{}' xmlns:stream='{}'", ns::CLIENT, ns::STREAM);
+    push_attrs(&mut h, attrs);
+    h.push('>');
+    h
+}
+
+/// ` name='value'` for each attribute, escaped.
+fn push_attrs<'a>(s: &mut String, attrs: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    for (k, v) in attrs {
+        s.push(' ');
+        s.push_str(k);
+        s.push_str("='");
+        crate::xml::element::escape_into(s, v, true);
+        s.push('\'');
+    }
 }
 
 /// One element as a message of its own, its namespace declared; stream-level elements keep the
@@ -162,9 +175,7 @@ pub(crate) fn frame(e: &Element) -> String {
         return e.to_xml();
     }
     let mut s = format!("<stream:{} xmlns:stream='{}'", e.name, ns::STREAM);
-    for (k, v) in &e.attrs {
-        s.push_str(&format!(" {k}='{}'", escape(v)));
-    }
+    push_attrs(&mut s, e.attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     s.push('>');
     for c in &e.children {
         match c {

@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 
 use crate::config::{BotConfig, Config};
 use crate::error::Condition;
-use crate::jid::{self, BareJid, Jid};
+use crate::jid::{self, Jid};
 use crate::modules::muc::NS_MUC;
 use crate::modules::offline;
 use crate::router;
@@ -132,10 +132,6 @@ impl Bots {
     }
 }
 
-fn owner(domain: &str) -> Option<BareJid> {
-    BareJid::new(domain).ok()
-}
-
 /// Route a stanza for an address at bot `domain`.
 pub async fn route(server: &Server, stanza: Stanza, domain: &str) {
     let Some(bot) = server.bots.get(domain) else { return };
@@ -146,7 +142,7 @@ pub async fn route(server: &Server, stanza: Stanza, domain: &str) {
             if bot.config.url.is_empty() {
                 return router::bounce(server, &stanza, Condition::ServiceUnavailable).await;
             }
-            let Some(owner) = owner(domain) else { return };
+            let Some(owner) = offline::domain_queue(domain) else { return };
             // A room's message was chosen above (`for_the_bot`); any other is kept as a
             // client's offline message would be.
             let kept = if stanza.typ() == Some("groupchat") {
@@ -238,7 +234,7 @@ async fn presence(server: &Server, stanza: &Stanza) {
 
 /// Deliver the stored messages of `bot`, in order, for as long as the server runs.
 async fn worker(server: Arc<Server>, bot: Arc<Bot>) {
-    let Some(owner) = owner(&bot.config.domain) else { return };
+    let Some(owner) = offline::domain_queue(&bot.config.domain) else { return };
     let mut shutdown = server.shutdown.clone();
     let mut backoff = Duration::ZERO;
     loop {

@@ -29,8 +29,10 @@ pub const MODULE: Module = Module {
     account_features: &[],
     iq: &[],
 };
-/// Feature sets kept (the distinct client versions seen); the oldest half goes past it.
+/// Feature sets kept (the distinct client versions seen); half go past it.
 const MAX_KNOWN: usize = 10_000;
+/// Queries awaiting an answer; clients that never answer would otherwise leave theirs here.
+const MAX_PENDING: usize = 10_000;
 
 pub type Features = Arc<HashSet<String>>;
 /// A form field in the verification string: its var and sorted values.
@@ -82,6 +84,10 @@ pub async fn on_presence(server: &Server, me: &FullJid, node: &str, ver: &str) -
         // One query per session and ver at a time.
         if pending.values().any(|(v, j)| v == ver && j == me) {
             return None;
+        }
+        if pending.len() >= MAX_PENDING {
+            // Unanswered queries are forgotten; their clients are asked again next time.
+            pending.clear();
         }
         pending.insert(id.clone(), (ver.to_string(), me.clone()));
     }

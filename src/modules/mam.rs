@@ -74,11 +74,6 @@ pub fn strip_forged_ids(el: &mut Element, by: &str) {
 
 pub use crate::storage::now_micros;
 
-fn format_micros(us: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    super::time::xmpp_datetime(t)
-}
-
 fn parse_datetime(s: &str) -> Result<i64, StanzaError> {
     let t = time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
         .map_err(|_| StanzaError::new(Condition::BadRequest).with_text("bad date-time"))?;
@@ -247,8 +242,16 @@ async fn metadata(server: &Server, owner: &BareJid) -> Result<Option<Element>, S
     let mut m = Element::new("metadata", NS_MAM);
     if let Some((first, last)) = server.storage.archive_bounds(owner.as_str()).await? {
         m = m
-            .child(Element::new("start", NS_MAM).attr("id", first.stanza_id).attr("timestamp", format_micros(first.ts)))
-            .child(Element::new("end", NS_MAM).attr("id", last.stanza_id).attr("timestamp", format_micros(last.ts)));
+            .child(
+                Element::new("start", NS_MAM)
+                    .attr("id", first.stanza_id)
+                    .attr("timestamp", crate::modules::time::xmpp_datetime_micros(first.ts)),
+            )
+            .child(
+                Element::new("end", NS_MAM)
+                    .attr("id", last.stanza_id)
+                    .attr("timestamp", crate::modules::time::xmpp_datetime_micros(last.ts)),
+            );
     }
     Ok(Some(m))
 }
@@ -378,7 +381,7 @@ async fn send_results(
         };
         let result = Element::new("result", NS_MAM).attr_opt("queryid", queryid).attr("id", r.stanza_id).child(
             Element::new("forwarded", NS_FORWARD)
-                .child(Element::new("delay", ns::DELAY).attr("stamp", format_micros(r.ts)))
+                .child(Element::new("delay", ns::DELAY).attr("stamp", crate::modules::time::xmpp_datetime_micros(r.ts)))
                 .child(original),
         );
         let msg = Element::new("message", ns::CLIENT).attr("from", owner.to_string()).attr("to", to.to_string()).child(result);
@@ -444,7 +447,7 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(parse_datetime("2010-08-07T00:00:00Z").unwrap(), 1_281_139_200_000_000);
-        assert_eq!(format_micros(1_281_139_200_000_000), "2010-08-07T00:00:00.000Z");
+        assert_eq!(crate::modules::time::xmpp_datetime_micros(1_281_139_200_000_000), "2010-08-07T00:00:00.000Z");
         assert!(parse_datetime("yesterday").is_err());
     }
 }

@@ -83,6 +83,12 @@ pub fn storable(el: &Element) -> bool {
         || el.elements().any(|c| c.ns == super::mam::NS_MARKERS)
 }
 
+/// The owner under which messages for a domain of its own (an external component, an HTTP bot)
+/// wait in the offline store: the domain itself.
+pub fn domain_queue(domain: &str) -> Option<BareJid> {
+    BareJid::new(domain).ok()
+}
+
 /// Keep `el` for `owner`. `Ok(false)`: not a message that is kept (dropped silently).
 pub async fn store(server: &Server, owner: &BareJid, el: Element, stanza_id: Option<&str>) -> Result<bool, StanzaError> {
     if !storable(&el) {
@@ -185,8 +191,10 @@ pub async fn session_ended(server: &Server, owner: &BareJid, session: u64, unack
 }
 
 fn delay(owner: &BareJid, ts: i64) -> Element {
-    let stamp = time::OffsetDateTime::from_unix_timestamp_nanos(ts as i128 * 1000).map(super::time::xmpp_datetime).unwrap_or_default();
-    Element::new("delay", ns::DELAY).attr("from", owner.domain().as_str()).attr("stamp", stamp).text("Offline storage")
+    Element::new("delay", ns::DELAY)
+        .attr("from", owner.domain().as_str())
+        .attr("stamp", super::time::xmpp_datetime_micros(ts))
+        .text("Offline storage")
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::collections::HashSet;
 
 use super::{IqFuture, IqHandler, IqRequest, IqTarget, Module, Spec};
 use crate::error::{Condition, StanzaError};
-use crate::jid::{BareJid, Jid};
+use crate::jid::{BareJid, FullJid};
 use crate::server::Server;
 use crate::storage::pep::PepNode;
 use crate::xml::{ns, Element, Node};
@@ -185,11 +185,7 @@ async fn items(server: &Server, req: &IqRequest<'_>, owner: &BareJid, op: &Eleme
     let max = op.get_attr("max_items").and_then(|m| m.parse::<i64>().ok()).filter(|m| *m > 0);
     let mut list = Element::new("items", NS_PUBSUB).attr("node", node.clone());
     for (id, xml) in server.storage.pep_items(owner.as_str(), &node, max, &ids).await? {
-        let mut item = Element::new("item", NS_PUBSUB).attr("id", id);
-        if let Some(p) = crate::xml::parse_stored(&xml).await {
-            item.children.push(Node::Element(p));
-        }
-        list = list.child(item);
+        list = list.child(stored_item(NS_PUBSUB, id, &xml).await);
     }
     Ok(Some(Element::new("pubsub", NS_PUBSUB).child(list)))
 }
@@ -232,21 +228,35 @@ async fn notify(server: &Server, owner: &BareJid, cfg: &PepNode, event: Element)
             s.available && s.caps.as_ref().and_then(|v| server.caps.features(v)).is_some_and(|f| f.contains(&node))
         };
         for s in server.sessions.sessions(&reader, wants) {
-            let m = Element::new("message", ns::CLIENT)
-                .attr("from", owner.to_string())
-                .attr("to", Jid::from(s.jid.clone()).to_string())
-                .attr("type", "headline")
-                .attr("id", crate::stanza::new_id())
-                .child(event.clone());
-            crate::router::route_element(server, m).await;
+            send_event(server, owner, &s.jid, event.clone()).await;
         }
     }
+}
+
+/// An item as stored, in namespace `ns` (pubsub for a query, pubsub#event for an event).
+async fn stored_item(ns: &str, id: String, xml: &str) -> Element {
+    let mut item = Element::new("item", ns).attr("id", id);
+    if let Some(p) = crate::xml::parse_stored(xml).await {
+        item.children.push(Node::Element(p));
+    }
+    item
+}
+
+/// A pubsub event from `owner` to one of a reader's resources, as a headline message.
+async fn send_event(server: &Server, owner: &BareJid, to: &FullJid, event: Element) {
+    let m = Element::new("message", ns::CLIENT)
+        .attr("from", owner.to_string())
+        .attr("to", to.to_string())
+        .attr("type", "headline")
+        .attr("id", crate::stanza::new_id())
+        .child(event);
+    crate::router::route_element(server, m).await;
 }
 
 /// A resource came online (or its features became known): the last item of every node it
 /// wants (`+notify`), of its own account and of the contacts whose presence it receives and
 /// whose nodes it may read (XEP-0163 section 4.3.2).
-pub async fn came_online(server: &Server, who: &crate::jid::FullJid, features: &HashSet<String>) {
+pub async fn came_online(server: &Server, who: &FullJid, features: &HashSet<String>) {
     if !features.iter().any(|f| f.ends_with("+notify")) {
         return;
     }
@@ -270,27 +280,15 @@ pub async fn came_online(server: &Server, who: &crate::jid::FullJid, features: &
                 continue;
             }
         };
-        for node in nodes.into_iter().filter(|n| features.contains(&format!("{n}+notify"))) {
-            let Ok(Some(cfg)) = server.storage.pep_node(owner.as_str(), &node).await else { continue };
+        for (node, cfg) in nodes.into_iter().filter(|(n, _)| features.contains(&format!("{n}+notify"))) {
             if !may_read(server, &owner, &me, &cfg.access_model).await.unwrap_or(false) {
                 continue;
             }
             let Ok(last) = server.storage.pep_items(owner.as_str(), &node, Some(1), &[]).await else { continue };
             for (id, xml) in last {
-                let mut item = Element::new("item", NS_PUBSUB_EVENT).attr("id", id);
-                if let Some(p) = crate::xml::parse_stored(&xml).await {
-                    item.children.push(Node::Element(p));
-                }
-                let m = Element::new("message", ns::CLIENT)
-                    .attr("from", owner.to_string())
-                    .attr("to", who.to_string())
-                    .attr("type", "headline")
-                    .attr("id", crate::stanza::new_id())
-                    .child(
-                        Element::new("event", NS_PUBSUB_EVENT)
-                            .child(Element::new("items", NS_PUBSUB_EVENT).attr("node", node.clone()).child(item)),
-                    );
-                crate::router::route_element(server, m).await;
+                let items =
+                    Element::new("items", NS_PUBSUB_EVENT).attr("node", node.clone()).child(stored_item(NS_PUBSUB_EVENT, id, &xml).await);
+                send_event(server, &owner, who, Element::new("event", NS_PUBSUB_EVENT).child(items)).await;
             }
         }
     }

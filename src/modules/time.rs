@@ -13,6 +13,11 @@ pub const MODULE: Module = Module {
     iq: &[IqHandler { ns: ns::TIME, on_host: true, on_account: false, handle }],
 };
 
+/// XEP-0082 date-time of a server timestamp (microseconds since the epoch, as stored).
+pub fn xmpp_datetime_micros(us: i64) -> String {
+    xmpp_datetime(time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH))
+}
+
 /// XEP-0082 date-time in UTC with milliseconds.
 pub fn xmpp_datetime(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);

@@ -32,7 +32,7 @@ use crate::sasl::{constant_time_eq, ThrottleKey};
 use crate::server::Server;
 use crate::stanza::{new_id, Kind, Stanza};
 use crate::stream::tls::Transport;
-use crate::xml::{escape, ns, Element, Limits, Node, XmlError, XmlEvent, XmlReader};
+use crate::xml::{escape, ns, Element, Limits, XmlError, XmlEvent, XmlReader};
 
 pub const NS_ACCEPT: &str = "jabber:component:accept";
 
@@ -120,11 +120,6 @@ impl Components {
     }
 }
 
-/// The offline-storage owner of a component's waiting messages: its domain.
-fn owner(domain: &str) -> Option<BareJid> {
-    BareJid::new(domain).ok()
-}
-
 /// Route a stanza for an address at component `domain`.
 pub async fn route(server: &Server, stanza: Stanza, domain: &str) {
     let connected = server.components.mailbox(domain);
@@ -135,7 +130,7 @@ pub async fn route(server: &Server, stanza: Stanza, domain: &str) {
     }
     match stanza.kind {
         Kind::Message if !stanza.is_error() => {
-            let Some(owner) = owner(domain) else { return };
+            let Some(owner) = offline::domain_queue(domain) else { return };
             // Decided under the same gate as the handshake's delivery of stored messages, so a
             // message is either stored before that delivery reads the store, or sent live.
             let _gate = server.offline_gates.lock(&owner).await;
@@ -281,7 +276,7 @@ impl Link {
     /// The authenticated component's connection.
     async fn run(mut self, reader: Reader) {
         let (tx, mut rx) = mailbox(self.server.config.c2s.mailbox_size);
-        let Some(owner) = owner(&self.domain) else { return self.fail(StreamError::InternalServerError).await };
+        let Some(owner) = offline::domain_queue(&self.domain) else { return self.fail(StreamError::InternalServerError).await };
         let id = {
             // Attached and handed the stored messages under the gate `route` stores under.
             let server = self.server.clone();
@@ -405,7 +400,7 @@ impl Link {
     /// A stanza from the component: in the client namespace inside the server, from an address
     /// at its domain (XEP-0114 section 3), to somewhere.
     async fn inbound(&mut self, mut el: Element) -> Option<End> {
-        into_client_ns(&mut el);
+        el.move_ns(NS_ACCEPT, ns::CLIENT);
         if Stanza::kind_of(&el).is_none() {
             return Some(End::Error(StreamError::UnsupportedStanzaType));
         }
@@ -443,17 +438,6 @@ fn drain(rx: &mut mailbox::Receiver) -> Vec<Arc<Outgoing>> {
 
 /// Elements of the component namespace (the stanza and the children that inherited it) move
 /// to the client namespace, which is what the rest of the server speaks.
-fn into_client_ns(el: &mut Element) {
-    if el.ns == NS_ACCEPT {
-        el.ns = ns::CLIENT.to_string();
-    }
-    for c in el.children.iter_mut() {
-        if let Node::Element(c) = c {
-            into_client_ns(c);
-        }
-    }
-}
-
 /// The server's stream header for a component (XEP-0114 section 3: no version, no features).
 fn header(id: &str, from: &str) -> String {
     format!(
@@ -487,7 +471,7 @@ mod tests {
         let mut el = Element::new("message", NS_ACCEPT)
             .child(Element::new("body", NS_ACCEPT).text("hi"))
             .child(Element::new("x", "jabber:x:oob").child(Element::new("url", "jabber:x:oob")));
-        into_client_ns(&mut el);
+        el.move_ns(NS_ACCEPT, ns::CLIENT);
         assert_eq!(el.ns, ns::CLIENT);
         assert!(el.find("body", ns::CLIENT).is_some());
         assert!(el.find("x", "jabber:x:oob").is_some_and(|x| x.find("url", "jabber:x:oob").is_some()));

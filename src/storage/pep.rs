@@ -21,9 +21,13 @@ impl Storage {
         Ok(r.map(|r| PepNode { access_model: r.get(0), max_items: r.get(1) }))
     }
 
-    pub async fn pep_nodes(&self, owner: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT node FROM pep_nodes WHERE owner = $1 ORDER BY node").bind(owner).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+    /// Every node of the account, with its configuration.
+    pub async fn pep_nodes(&self, owner: &str) -> Result<Vec<(String, PepNode)>> {
+        let rows = sqlx::query("SELECT node, access_model, max_items FROM pep_nodes WHERE owner = $1 ORDER BY node")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), PepNode { access_model: r.get(1), max_items: r.get(2) })).collect())
     }
 
     /// Publish an item (replacing one with the same id), creating or reconfiguring the node,

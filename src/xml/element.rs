@@ -93,6 +93,19 @@ impl Element {
         })
     }
 
+    /// Move this element and every descendant in namespace `from` to `to` (a link's stream
+    /// namespace, such as a component's or BOSH's, to the client namespace used inside).
+    pub fn move_ns(&mut self, from: &str, to: &str) {
+        if self.ns == from {
+            self.ns = to.to_string();
+        }
+        for c in self.children.iter_mut() {
+            if let Node::Element(c) = c {
+                c.move_ns(from, to);
+            }
+        }
+    }
+
     /// Remove every child element matching `pred`.
     pub fn retain_children(&mut self, mut keep: impl FnMut(&Element) -> bool) {
         self.children.retain(|n| match n {

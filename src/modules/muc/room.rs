@@ -13,6 +13,7 @@ use super::{
 use crate::error::{Condition, StanzaError};
 use crate::jid::{BareJid, FullJid, Jid};
 use crate::modules::mam;
+use crate::modules::time::xmpp_datetime_micros;
 use crate::server::Server;
 use crate::session::mailbox::mailbox;
 use crate::session::registry::{push, Mailbox};
@@ -203,11 +204,6 @@ impl Removal {
             Removal::Gone => Some(333),
         }
     }
-}
-
-fn stamp(us: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    crate::modules::time::xmpp_datetime(t)
 }
 
 fn forbidden(text: &str) -> StanzaError {
@@ -690,7 +686,9 @@ impl Room {
                 break;
             }
             let mut el = h.out.el.clone();
-            el.children.push(Node::Element(Element::new("delay", ns::DELAY).attr("from", self.jid.to_string()).attr("stamp", stamp(h.ts))));
+            el.children.push(Node::Element(
+                Element::new("delay", ns::DELAY).attr("from", self.jid.to_string()).attr("stamp", xmpp_datetime_micros(h.ts)),
+            ));
             let out = Outgoing::to_each(el);
             chars += out.serialized_len();
             if chars > max_chars {
@@ -1096,8 +1094,9 @@ impl Room {
             tomb.children.push(Node::Element(c.clone()));
         }
         let now = crate::storage::now_micros();
-        tomb.children
-            .push(Node::Element(with_reason(Element::new("retracted", NS_RETRACT).attr("stamp", stamp(now)).child(moderated.clone()))));
+        tomb.children.push(Node::Element(with_reason(
+            Element::new("retracted", NS_RETRACT).attr("stamp", xmpp_datetime_micros(now)).child(moderated.clone()),
+        )));
         self.server.storage.archive_replace(&room, row, &tomb.to_xml()).await?;
         let tomb = Outgoing::to_each(tomb);
         for h in self.history.iter_mut() {
