@@ -5,6 +5,7 @@ use rand::Rng;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::read::Arg;
 use super::writer::PendingWrite;
 use super::{Result, Storage};
 
@@ -223,26 +224,20 @@ impl Storage {
     }
 
     pub async fn offline_insert(&self, owner: &str, stanza_id: &str, ts: i64, xml: &str) -> Result<()> {
-        sqlx::query("INSERT INTO offline_messages (owner, stanza_id, ts, xml) VALUES ($1, $2, $3, $4)")
-            .bind(owner)
-            .bind(stanza_id)
-            .bind(ts)
-            .bind(xml)
-            .execute(&self.pool)
-            .await?;
+        let sql = "INSERT INTO offline_messages (owner, stanza_id, ts, xml) VALUES ($1, $2, $3, $4)";
+        self.write(sql, &[Arg::Text(owner), Arg::Text(stanza_id), Arg::Int(ts), Arg::Text(xml)]).await?;
         Ok(())
     }
 
     pub async fn offline_count(&self, owner: &str) -> Result<usize> {
-        let r = sqlx::query("SELECT COUNT(*) FROM offline_messages WHERE owner = $1").bind(owner).fetch_one(&self.pool).await?;
-        Ok(r.get::<i64, _>(0) as usize)
+        let n = self.read_one("SELECT COUNT(*) FROM offline_messages WHERE owner = $1", &[Arg::Text(owner)], |r| r.int(0)).await?;
+        Ok(n.unwrap_or(0) as usize)
     }
 
     /// Offline messages in arrival order: (row id, ts, xml).
     pub async fn offline_messages(&self, owner: &str) -> Result<Vec<(i64, i64, String)>> {
-        let rows =
-            sqlx::query("SELECT id, ts, xml FROM offline_messages WHERE owner = $1 ORDER BY id").bind(owner).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        let sql = "SELECT id, ts, xml FROM offline_messages WHERE owner = $1 ORDER BY id";
+        self.read(sql, &[Arg::Text(owner)], |r| (r.int(0), r.int(1), r.text(2))).await
     }
 
     /// Keep several messages for one account in one transaction (a session's unacknowledged

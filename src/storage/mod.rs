@@ -6,6 +6,7 @@ pub mod account;
 pub mod archive;
 pub mod muc;
 pub mod pep;
+pub mod read;
 pub mod roster;
 pub mod users;
 pub mod walvfs;
@@ -62,6 +63,8 @@ pub struct Storage {
     pub backend: Backend,
     /// Archive rows go through one writer with group commit.
     archive_writer: writer::ArchiveWriter,
+    /// SQLite: connections for reads on the caller's thread (see `read`).
+    readers: Option<std::sync::Arc<read::Readers>>,
 }
 
 impl Storage {
@@ -87,6 +90,10 @@ impl Storage {
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { max_connections.max(2) } else { max_connections })
             .acquire_timeout(Duration::from_secs(30))
+            // A SQLite connection cannot go stale, and the check is one more round trip to its
+            // worker thread per query (two context switches). A PostgreSQL connection can (a
+            // server restart), so it is still checked there.
+            .test_before_acquire(backend == Backend::Postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -98,12 +105,13 @@ impl Storage {
             .connect(&url)
             .await?;
         migrate(&pool, backend).await?;
+        let readers = sqlite_file.as_deref().map(|f| std::sync::Arc::new(read::Readers::new(f)));
         let archive_writer = match sqlite_file {
             Some(file) => writer::ArchiveWriter::start_sqlite(&file, pool.clone()).await?,
             // The writer's connection leaves the pool (which opens another in its place).
             None => writer::ArchiveWriter::start_task(pool.acquire().await?.detach()).await?,
         };
-        Ok(Storage { pool, backend, archive_writer })
+        Ok(Storage { pool, backend, archive_writer, readers })
     }
 
     /// Finish queued archive writes, then close every connection.

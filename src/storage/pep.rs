@@ -2,6 +2,7 @@
 
 use sqlx::Row;
 
+use super::read::Arg;
 use super::{Result, Storage};
 
 /// A node's configuration.
@@ -23,11 +24,8 @@ impl Storage {
 
     /// Every node of the account, with its configuration.
     pub async fn pep_nodes(&self, owner: &str) -> Result<Vec<(String, PepNode)>> {
-        let rows = sqlx::query("SELECT node, access_model, max_items FROM pep_nodes WHERE owner = $1 ORDER BY node")
-            .bind(owner)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), PepNode { access_model: r.get(1), max_items: r.get(2) })).collect())
+        let sql = "SELECT node, access_model, max_items FROM pep_nodes WHERE owner = $1 ORDER BY node";
+        self.read(sql, &[Arg::Text(owner)], |r| (r.text(0), PepNode { access_model: r.text(1), max_items: r.int(2) })).await
     }
 
     /// Publish an item (replacing one with the same id), creating or reconfiguring the node,

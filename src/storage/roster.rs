@@ -1,9 +1,9 @@
 //! Rosters (RFC 6121 section 2), roster versions (XEP-0237) and pending inbound subscription
 //! requests (RFC 6121 section 3.1.3).
 
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::Row as _;
 
+use super::read::{Arg, Row};
 use super::{now_secs, Result, Storage};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,67 +77,60 @@ impl RosterItem {
         }
     }
 
-    fn from_row(r: &AnyRow) -> RosterItem {
+    fn from_row(r: &dyn Row) -> RosterItem {
         Self::from_row_at(r, 0)
     }
 
     /// The item whose `ITEM_COLUMNS` start at column `at`.
-    fn from_row_at(r: &AnyRow, at: usize) -> RosterItem {
-        let groups: String = r.get(at + 5);
+    fn from_row_at(r: &dyn Row, at: usize) -> RosterItem {
+        let groups = r.text(at + 5);
         RosterItem {
-            contact: r.get(at),
-            name: r.get(at + 1),
-            subscription: Subscription::parse(&r.get::<String, _>(at + 2)),
-            ask: r.get::<i64, _>(at + 3) != 0,
-            approved: r.get::<i64, _>(at + 4) != 0,
+            contact: r.text(at),
+            name: r.opt_text(at + 1),
+            subscription: Subscription::parse(&r.text(at + 2)),
+            ask: r.int(at + 3) != 0,
+            approved: r.int(at + 4) != 0,
             groups: groups.split('\n').filter(|g| !g.is_empty()).map(String::from).collect(),
         }
     }
 }
 
-const ITEM_COLUMNS: &str = "contact, name, subscription, ask_subscribe, approved, groups_list";
+// The item columns, in the order `RosterItem::from_row_at` reads them.
+const ROSTER: &str =
+    "SELECT contact, name, subscription, ask_subscribe, approved, groups_list FROM roster_items WHERE owner = $1 ORDER BY contact";
+const ROSTER_ITEM: &str =
+    "SELECT contact, name, subscription, ask_subscribe, approved, groups_list FROM roster_items WHERE owner = $1 AND contact = $2";
+const ROSTER_WITH_VERSION: &str = "SELECT COALESCE((SELECT version FROM roster_versions WHERE owner = $1), 0), \
+    contact, name, subscription, ask_subscribe, approved, groups_list \
+    FROM (SELECT 1 AS one) AS o LEFT JOIN roster_items ON roster_items.owner = $1 ORDER BY contact";
 
 impl Storage {
     pub async fn roster(&self, owner: &str) -> Result<Vec<RosterItem>> {
-        let rows = sqlx::query(&format!("SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = $1 ORDER BY contact"))
-            .bind(owner)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(RosterItem::from_row).collect())
+        self.read(ROSTER, &[Arg::Text(owner)], RosterItem::from_row).await
     }
 
     /// The roster and its version in one query (a login's roster get without `ver`).
     pub async fn roster_with_version(&self, owner: &str) -> Result<(i64, Vec<RosterItem>)> {
-        let rows = sqlx::query(&format!(
-            "SELECT COALESCE((SELECT version FROM roster_versions WHERE owner = $1), 0), {ITEM_COLUMNS} \
-             FROM (SELECT 1 AS one) AS o LEFT JOIN roster_items ON roster_items.owner = $1 ORDER BY contact"
-        ))
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await?;
-        let version = rows.first().map(|r| r.get::<i64, _>(0)).unwrap_or(0);
         // No items: one row whose item columns are null.
-        let items = rows.iter().filter(|r| r.get::<Option<String>, _>(1).is_some()).map(|r| RosterItem::from_row_at(r, 1)).collect();
-        Ok((version, items))
+        let rows = self
+            .read(ROSTER_WITH_VERSION, &[Arg::Text(owner)], |r| (r.int(0), r.opt_text(1).map(|_| RosterItem::from_row_at(r, 1))))
+            .await?;
+        let version = rows.first().map(|r| r.0).unwrap_or(0);
+        Ok((version, rows.into_iter().filter_map(|r| r.1).collect()))
     }
 
     pub async fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>> {
-        let row = sqlx::query(&format!("SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = $1 AND contact = $2"))
-            .bind(owner)
-            .bind(contact)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(RosterItem::from_row))
+        self.read_one(ROSTER_ITEM, &[Arg::Text(owner), Arg::Text(contact)], RosterItem::from_row).await
     }
 
     pub async fn roster_len(&self, owner: &str) -> Result<usize> {
-        let row = sqlx::query("SELECT COUNT(*) FROM roster_items WHERE owner = $1").bind(owner).fetch_one(&self.pool).await?;
-        Ok(row.get::<i64, _>(0) as usize)
+        let n = self.read_one("SELECT COUNT(*) FROM roster_items WHERE owner = $1", &[Arg::Text(owner)], |r| r.int(0)).await?;
+        Ok(n.unwrap_or(0) as usize)
     }
 
     pub async fn roster_version(&self, owner: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT version FROM roster_versions WHERE owner = $1").bind(owner).fetch_optional(&self.pool).await?;
-        Ok(row.map(|r| r.get::<i64, _>(0)).unwrap_or(0))
+        let v = self.read_one("SELECT version FROM roster_versions WHERE owner = $1", &[Arg::Text(owner)], |r| r.int(0)).await?;
+        Ok(v.unwrap_or(0))
     }
 
     /// Insert or replace an item; returns the new roster version.
@@ -174,45 +167,33 @@ impl Storage {
 
     /// Remember an inbound subscription request until it is answered.
     pub async fn put_subscription_request(&self, owner: &str, contact: &str, stanza: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO subscription_requests (owner, contact, stanza, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (owner, contact) DO UPDATE SET stanza = excluded.stanza",
-        )
-        .bind(owner)
-        .bind(contact)
-        .bind(stanza)
-        .bind(now_secs())
-        .execute(&self.pool)
-        .await?;
+        let sql = "INSERT INTO subscription_requests (owner, contact, stanza, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (owner, contact) DO UPDATE SET stanza = excluded.stanza";
+        self.write(sql, &[Arg::Text(owner), Arg::Text(contact), Arg::Text(stanza), Arg::Int(now_secs())]).await?;
         Ok(())
     }
 
     /// Forget a pending request; `true` if there was one.
     pub async fn take_subscription_request(&self, owner: &str, contact: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM subscription_requests WHERE owner = $1 AND contact = $2")
-            .bind(owner)
-            .bind(contact)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() > 0)
+        let sql = "DELETE FROM subscription_requests WHERE owner = $1 AND contact = $2";
+        Ok(self.write(sql, &[Arg::Text(owner), Arg::Text(contact)]).await? > 0)
     }
 
     pub async fn has_subscription_request(&self, owner: &str, contact: &str) -> Result<bool> {
-        let r = sqlx::query("SELECT 1 FROM subscription_requests WHERE owner = $1 AND contact = $2")
-            .bind(owner)
-            .bind(contact)
-            .fetch_optional(&self.pool)
+        let r = self
+            .read_one(
+                "SELECT 1 FROM subscription_requests WHERE owner = $1 AND contact = $2",
+                &[Arg::Text(owner), Arg::Text(contact)],
+                |_| (),
+            )
             .await?;
         Ok(r.is_some())
     }
 
     /// Pending requests as (contact, serialized stanza), oldest first.
     pub async fn subscription_requests(&self, owner: &str) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT contact, stanza FROM subscription_requests WHERE owner = $1 ORDER BY created_at, contact")
-            .bind(owner)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let sql = "SELECT contact, stanza FROM subscription_requests WHERE owner = $1 ORDER BY created_at, contact";
+        self.read(sql, &[Arg::Text(owner)], |r| (r.text(0), r.text(1))).await
     }
 }
 

@@ -2,6 +2,7 @@
 
 use sqlx::Row;
 
+use super::read::Arg;
 use super::{now_secs, Result, Storage};
 use crate::sasl::credentials::{b64, unb64, Credentials, ScramKeys};
 
@@ -77,32 +78,25 @@ impl Storage {
     }
 
     pub async fn user_exists(&self, host: &str, username: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM users WHERE host = $1 AND username = $2")
-            .bind(host)
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            self.read_one("SELECT 1 FROM users WHERE host = $1 AND username = $2", &[Arg::Text(host), Arg::Text(username)], |_| ()).await?;
         Ok(row.is_some())
     }
 
     pub async fn credentials(&self, host: &str, username: &str) -> Result<Option<Credentials>> {
-        let row = sqlx::query(
-            "SELECT scram_salt, scram_iterations, scram_sha1_stored_key, scram_sha1_server_key, scram_sha256_stored_key, \
-             scram_sha256_server_key, argon2_hash FROM users WHERE host = $1 AND username = $2",
-        )
-        .bind(host)
-        .bind(username)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let d = |i: usize| -> Vec<u8> { unb64(&row.get::<String, _>(i)).unwrap_or_default() };
-        Ok(Some(Credentials {
-            salt: d(0),
-            iterations: row.get::<i64, _>(1) as u32,
-            sha1: ScramKeys { stored_key: d(2), server_key: d(3) },
-            sha256: ScramKeys { stored_key: d(4), server_key: d(5) },
-            argon2: row.get(6),
-        }))
+        let sql = "SELECT scram_salt, scram_iterations, scram_sha1_stored_key, scram_sha1_server_key, scram_sha256_stored_key, \
+             scram_sha256_server_key, argon2_hash FROM users WHERE host = $1 AND username = $2";
+        self.read_one(sql, &[Arg::Text(host), Arg::Text(username)], |row| {
+            let d = |i: usize| -> Vec<u8> { unb64(&row.text(i)).unwrap_or_default() };
+            Credentials {
+                salt: d(0),
+                iterations: row.int(1) as u32,
+                sha1: ScramKeys { stored_key: d(2), server_key: d(3) },
+                sha256: ScramKeys { stored_key: d(4), server_key: d(5) },
+                argon2: row.text(6),
+            }
+        })
+        .await
     }
 
     /// Accounts as (host, username), optionally for one host.
