@@ -5,6 +5,7 @@
 pub mod account;
 pub mod archive;
 pub mod muc;
+pub mod pcache;
 pub mod pep;
 pub mod read;
 pub mod roster;

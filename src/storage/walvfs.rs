@@ -75,6 +75,8 @@ static VFS: OnceLock<Box<Vfs>> = OnceLock::new();
 /// Call before opening the first SQLite connection.
 pub fn install() {
     VFS.get_or_init(|| {
+        // The page cache is configured before SQLite initializes (sqlite3_vfs_find does that).
+        super::pcache::install();
         // SAFETY: sqlite3_vfs_find initializes SQLite and returns the default VFS, which lives
         // for the whole process.
         let real = unsafe { ffi::sqlite3_vfs_find(ptr::null()) };
