@@ -13,10 +13,13 @@
 //! - `rid` must grow by one per new request, within the `requests` window; a request that
 //!   repeats the last answered `rid` gets the same answer again (a broken connection); others
 //!   end the session with `item-not-found`, as does an unknown `sid` (section 17.2).
+//! - requests are handled in `rid` order (section 14.2), whatever order their HTTP
+//!   connections deliver them in: one that arrives early waits (up to `wait` seconds) until
+//!   the payloads of the one before it are written.
 //! - a session without a request for `inactivity` seconds (`http.bosh_inactivity_secs`, 60)
 //!   is ended, as a dropped TCP connection would be (stream management can resume it).
 //!
-//! Requests are handled in the order they arrive. The link counts as secure (`secure='true'`
+//! The link counts as secure (`secure='true'`
 //! is not required of the client): TLS, where there is any, ends before this listener.
 
 use std::collections::{HashMap, VecDeque};
@@ -96,6 +99,8 @@ struct Session {
     state: Mutex<Link>,
     /// Something was queued, or the stream ended.
     ready: Notify,
+    /// A request's payloads were written: the next `rid` may go.
+    turn: Notify,
 }
 
 #[derive(Default)]
@@ -106,6 +111,8 @@ struct Link {
     /// The stream id of the session's first header (`authid`).
     stream_id: Option<String>,
     last_rid: u64,
+    /// The `rid` whose payloads go into the stream next.
+    next_write: u64,
     last_answer: Option<String>,
     /// The request being held, released by a newer one.
     held: Option<oneshot::Sender<()>>,
@@ -198,8 +205,9 @@ async fn create(server: Arc<Server>, sessions: Arc<Sessions>, peer: SocketAddr, 
         to: to.clone(),
         lang: lang.clone(),
         input: Mutex::new(Some(tx)),
-        state: Mutex::new(Link { last_rid: rid, ..Link::default() }),
+        state: Mutex::new(Link { last_rid: rid, next_write: rid + 1, ..Link::default() }),
         ready: Notify::new(),
+        turn: Notify::new(),
     });
     {
         let mut map = sessions.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -253,6 +261,23 @@ fn header(to: &str, lang: &str) -> String {
 
 /// A request of an open session: its payloads in, then what the session has to say.
 async fn payload(sessions: &Sessions, s: Arc<Session>, el: &Element, rid: u64) -> Response {
+    // In rid order: a request that overtook the one before it waits for its turn.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(s.wait.max(1));
+    loop {
+        let turn = s.turn.notified();
+        {
+            let st = s.state();
+            // Its turn, an old rid or one past the window (both answered below): go on.
+            if rid <= st.next_write || rid > st.last_rid + REQUESTS {
+                break;
+            }
+        }
+        if tokio::time::timeout_at(deadline, turn).await.is_err() {
+            // The request before it never came.
+            end(sessions, &s);
+            return terminate("item-not-found");
+        }
+    }
     let release = {
         let mut st = s.state();
         if rid == st.last_rid {
@@ -296,6 +321,8 @@ async fn payload(sessions: &Sessions, s: Arc<Session>, el: &Element, rid: u64) -
         c.move_ns(NS_HTTPBIND, ns::CLIENT);
         s.write(c.to_xml_in(ns::CLIENT)).await;
     }
+    s.state().next_write = rid + 1;
+    s.turn.notify_waiters();
     if terminating {
         s.write("</stream:stream>".into()).await;
         end(sessions, &s);

@@ -131,6 +131,28 @@ async fn a_bosh_session(db: Db) {
     assert_eq!(m.get_attr("from"), Some("alice@localhost/bosh"));
     assert_eq!(m.find("body", ns::CLIENT).map(|b| b.text_content()).as_deref(), Some("from BOSH"));
 
+    // Requests overtaken on the way are handled in rid order (section 14.2): the second
+    // arrives first and waits; bob gets the messages in rid order, and the session lives on.
+    let (http, url, sid) = (b.http.clone(), b.url.clone(), b.sid.clone());
+    let (r1, r2) = (b.rid + 1, b.rid + 2);
+    b.rid += 2;
+    let msg = |rid: u64, text: &str| {
+        format!("<body rid='{rid}' sid='{sid}' xmlns='{BIND}'><message to='bob@localhost' type='chat'><body>{text}</body></message></body>")
+    };
+    let later = tokio::spawn({
+        let (http, url, body) = (http.clone(), url.clone(), msg(r2, "second"));
+        async move { post(&http, &url, body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = post(&http, &url, msg(r1, "first")).await;
+    assert_eq!(first.get_attr("type"), None, "{first}");
+    let second = later.await.unwrap();
+    assert_eq!(second.get_attr("type"), None, "{second}");
+    for want in ["first", "second"] {
+        let m = bob.recv_where(|e| e.name == "message").await;
+        assert_eq!(m.find("body", ns::CLIENT).map(|b| b.text_content()).as_deref(), Some(want));
+    }
+
     // A repeated request (its answer lost on the way) gets the same answer.
     let last = post(&b.http, &b.url, format!("<body rid='{}' sid='{}' xmlns='{BIND}'/>", b.rid, b.sid)).await;
     assert_eq!(last.get_attr("type"), None, "{last}");
