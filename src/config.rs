@@ -40,7 +40,52 @@ pub struct Config {
     #[serde(default)]
     pub bots: Vec<BotConfig>,
     #[serde(default)]
+    pub s2s: S2sConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// Federation with other XMPP servers (RFC 6120 server-to-server, XEP-0220 dialback).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S2sConfig {
+    /// Federate: send to other servers' domains and accept their connections on `listen.s2s`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// STARTTLS on every server-to-server stream, both ways (RFC 7590); a peer that offers
+    /// none is not federated with.
+    #[serde(default = "yes")]
+    pub require_tls: bool,
+    /// Remote domain -> "host:port", used instead of DNS (split horizons, tests);
+    /// "tls:host:port" for a server that takes direct TLS there (XEP-0368).
+    #[serde(default)]
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// Domains never federated with, either way.
+    #[serde(default)]
+    pub blocked_domains: Vec<String>,
+    /// Seconds to connect, negotiate and authenticate a link (or to verify a peer's key).
+    #[serde(default = "default_s2s_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// An outgoing link that carried nothing for this long is closed.
+    #[serde(default = "default_s2s_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Stanzas waiting for one remote domain's link (while it connects); past it they bounce.
+    #[serde(default = "default_s2s_queue")]
+    pub queue_size: usize,
+    /// Secret behind dialback keys (XEP-0185). Empty: random at each start. Nodes of a
+    /// cluster must share it.
+    #[serde(default)]
+    pub dialback_secret: String,
+}
+
+fn default_s2s_connect_timeout() -> u64 {
+    30
+}
+fn default_s2s_idle_timeout() -> u64 {
+    600
+}
+fn default_s2s_queue() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -230,6 +275,14 @@ pub struct ListenConfig {
     /// them to loopback or a private network).
     #[serde(default)]
     pub component: Vec<SocketAddr>,
+    /// Listeners for other servers (federation, RFC 6120 server-to-server; usually port
+    /// 5269). Used only with `s2s.enabled`.
+    #[serde(default)]
+    pub s2s: Vec<SocketAddr>,
+    /// Listeners for other servers with direct TLS (XEP-0368, ALPN `xmpp-server`; usually
+    /// port 5270, published as `_xmpps-server._tcp`). Used only with `s2s.enabled`.
+    #[serde(default)]
+    pub s2s_direct_tls: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,7 +294,8 @@ pub struct C2sConfig {
     /// Offer SASL PLAIN (only ever over TLS).
     #[serde(default = "yes")]
     pub allow_plain: bool,
-    /// Seconds a client may take from connecting to having bound a resource.
+    /// Seconds a client may take from connecting to having bound a resource (and another
+    /// server, or a component, to having authenticated).
     #[serde(default = "default_auth_timeout")]
     pub auth_timeout_secs: u64,
     /// Maximum simultaneous client connections.
@@ -399,6 +453,7 @@ default_from_serde!(
     ArchiveConfig,
     OfflineConfig,
     MucConfig,
+    S2sConfig,
     LogConfig
 );
 
@@ -509,6 +564,18 @@ impl Config {
             if secret.is_empty() {
                 errors.push(format!("{table}: {domain} has an empty secret"));
             }
+        }
+        for (domain, addr) in &self.s2s.routes {
+            if !jid::BareJid::new(domain).is_ok_and(|j| j.node().is_none()) {
+                errors.push(format!("s2s.routes: {domain:?} is not a domain"));
+            }
+            let hostport = addr.strip_prefix("tls:").unwrap_or(addr);
+            if hostport.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                errors.push(format!("s2s.routes: {domain}: {addr:?} is not host:port"));
+            }
+        }
+        if self.s2s.queue_size == 0 || self.s2s.connect_timeout_secs == 0 || self.s2s.idle_timeout_secs == 0 {
+            errors.push("s2s: queue_size, connect_timeout_secs and idle_timeout_secs must be positive".into());
         }
         if self.http.api_tokens.iter().any(|t| t.len() < 16) {
             errors.push("http: api_tokens: each token must be at least 16 characters".into());

@@ -101,6 +101,7 @@ pub enum Condition {
     RecipientUnavailable,
     RegistrationRequired,
     RemoteServerNotFound,
+    RemoteServerTimeout,
     ResourceConstraint,
     ServiceUnavailable,
     UndefinedCondition,
@@ -126,6 +127,7 @@ impl Condition {
             RecipientUnavailable => "recipient-unavailable",
             RegistrationRequired => "registration-required",
             RemoteServerNotFound => "remote-server-not-found",
+            RemoteServerTimeout => "remote-server-timeout",
             ResourceConstraint => "resource-constraint",
             ServiceUnavailable => "service-unavailable",
             UndefinedCondition => "undefined-condition",
@@ -141,7 +143,7 @@ impl Condition {
             Conflict | FeatureNotImplemented | Forbidden | ItemNotFound | NotAllowed | NotAuthorized | RemoteServerNotFound => "cancel",
             Gone | RecipientUnavailable | ServiceUnavailable | UndefinedCondition => "cancel",
             RegistrationRequired => "auth",
-            InternalServerError | ResourceConstraint | UnexpectedRequest => "wait",
+            InternalServerError | RemoteServerTimeout | ResourceConstraint | UnexpectedRequest => "wait",
         }
     }
 }

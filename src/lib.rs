@@ -14,10 +14,13 @@
 //!           inbound, delivery rules), a local service (group chat: the room's task, which fans
 //!           out to its occupants' mailboxes, or relays to occupants that are not local
 //!           sessions), an external component (`session::component`), an HTTP bot
-//!           (`modules::bots`), remote domain (later: s2s link)
+//!           (`modules::bots`), or another server's domain (`s2s`: the link for that pair
+//!           of domains, dialback, STARTTLS; incoming streams from other servers enter here
+//!           too, at the router)
 //!        -> session::registry mailbox -> the target session's loop -> one write per batch
 //! ```
 //!
+//! `s2s` is federation: outgoing links per pair of domains and the listener for other servers.
 //! `http` is the HTTP listener: webhooks into bots, the REST API (`http::api`), the WebSocket
 //! and BOSH links for browsers, and `/metrics`.
 //!
@@ -41,6 +44,7 @@ pub mod jid;
 pub mod metrics;
 pub mod modules;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod server;
 pub mod session;

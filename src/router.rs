@@ -8,7 +8,7 @@
 //! | local full JID, offline | chat as bare, normal `service-unavailable`, headline dropped | subscription types as bare, others dropped | `service-unavailable` |
 //! | unknown local account   | `service-unavailable`             | error to subscribe, `unsubscribed` to probe | `service-unavailable` |
 //! | group chat service (conference.host, room, room/nick) | to the room's task (`modules::muc`) |||
-//! | other domain            | `remote-server-not-found` until a federation link is configured                          |||
+//! | other domain            | federation (`s2s`): the link for (our domain, that domain); `remote-server-not-found` when off or unreachable |||
 //!
 //! Blocking (XEP-0191) is applied here too: outbound to a blocked JID gives `not-acceptable`
 //! with `<blocked/>`; inbound from a blocked JID is dropped (`service-unavailable` for message
@@ -87,10 +87,7 @@ async fn route_now(server: &Server, stanza: Stanza) {
         },
         Destination::Component(domain) => crate::session::component::route(server, stanza, &domain).await,
         Destination::Bot(domain) => modules::bots::route(server, stanza, &domain).await,
-        Destination::Remote(domain) => {
-            tracing::debug!(%domain, "no route to remote domain");
-            bounce(server, &stanza, Condition::RemoteServerNotFound).await;
-        }
+        Destination::Remote(domain) => crate::s2s::route(server, stanza, &domain).await,
     }
 }
 

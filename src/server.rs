@@ -39,12 +39,16 @@ pub struct Server {
     pub components: crate::session::component::Components,
     /// HTTP bots and webhooks: a router destination of their own.
     pub bots: crate::modules::bots::Bots,
+    /// Federation: links to other servers, the router's destination for other domains.
+    pub s2s: crate::s2s::S2s,
     /// Payload namespace -> handler, built once from [`MODULES`].
     pub iq_handlers: HashMap<&'static str, &'static IqHandler>,
     /// Counters for monitoring (`/metrics`).
     pub counters: crate::metrics::Counters,
     /// Clients' feature sets by entity capabilities (XEP-0115).
     pub caps: crate::modules::caps::Caps,
+    /// Contacts on other servers that PEP notifies (their resources and caps).
+    pub pep_remote: crate::modules::pep::RemoteReaders,
 }
 
 impl Server {
@@ -69,6 +73,8 @@ pub struct Running {
     pub c2s_addrs: Vec<SocketAddr>,
     pub c2s_tls_addrs: Vec<SocketAddr>,
     pub component_addrs: Vec<SocketAddr>,
+    pub s2s_addrs: Vec<SocketAddr>,
+    pub s2s_direct_tls_addrs: Vec<SocketAddr>,
     pub http_addrs: Vec<SocketAddr>,
     shutdown_tx: watch::Sender<bool>,
     /// Every connection task holds a clone; all dropped = all streams closed.
@@ -92,6 +98,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         muc,
         components,
         bots: crate::modules::bots::Bots::new(&config),
+        s2s: crate::s2s::S2s::new(&config),
         hosts: config.server.hosts.iter().cloned().collect(),
         throttle: AuthThrottle::new(config.auth.free_failures, Duration::from_secs(config.auth.max_delay_secs)),
         config,
@@ -106,10 +113,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         iq_handlers,
         counters: Default::default(),
         caps: Default::default(),
+        pep_remote: Default::default(),
     });
     if let Some(muc) = &server.muc {
         muc.attach(&server);
     }
+    server.s2s.attach(&server);
     tokio::spawn(crate::modules::mam::retention_task(server.clone()));
     let (alive_tx, alive_rx) = mpsc::channel(1);
     let limit = Arc::new(Semaphore::new(server.config.c2s.max_connections));
@@ -118,8 +127,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let listeners =
         server.config.listen.c2s.iter().map(|a| (*a, false)).chain(server.config.listen.c2s_direct_tls.iter().map(|a| (*a, true)));
     for (addr, direct) in listeners.collect::<Vec<_>>() {
-        let l = TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?;
-        let local = l.local_addr().map_err(|e| StartError::Listen(addr, e))?;
+        let (l, local) = bind(addr).await?;
         tracing::info!(addr = %local, direct_tls = direct, "listening for clients");
         if direct {
             c2s_tls_addrs.push(local);
@@ -130,15 +138,48 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let mut component_addrs = Vec::new();
     for addr in server.config.listen.component.clone() {
-        let l = TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?;
-        let local = l.local_addr().map_err(|e| StartError::Listen(addr, e))?;
+        let (l, local) = bind(addr).await?;
         tracing::info!(addr = %local, "listening for components");
         component_addrs.push(local);
         tokio::spawn(accept_loop(server.clone(), l, Link::Component, limit.clone(), alive_tx.clone()));
     }
+    let mut s2s_addrs = Vec::new();
+    let mut s2s_direct_tls_addrs = Vec::new();
+    if server.s2s.enabled() {
+        for addr in server.config.listen.s2s.clone() {
+            let (l, local) = bind(addr).await?;
+            tracing::info!(addr = %local, "listening for servers");
+            s2s_addrs.push(local);
+            tokio::spawn(accept_loop(server.clone(), l, Link::Server { direct_tls: false }, limit.clone(), alive_tx.clone()));
+        }
+        for addr in server.config.listen.s2s_direct_tls.clone() {
+            let (l, local) = bind(addr).await?;
+            tracing::info!(addr = %local, "listening for servers (direct TLS)");
+            s2s_direct_tls_addrs.push(local);
+            tokio::spawn(accept_loop(server.clone(), l, Link::Server { direct_tls: true }, limit.clone(), alive_tx.clone()));
+        }
+    }
     let http_addrs = crate::http::listen(&server).await?;
     crate::modules::bots::Bots::start(&server);
-    Ok(Running { server, c2s_addrs, c2s_tls_addrs, component_addrs, http_addrs, shutdown_tx, alive_tx, alive_rx })
+    Ok(Running {
+        server,
+        c2s_addrs,
+        c2s_tls_addrs,
+        component_addrs,
+        s2s_addrs,
+        s2s_direct_tls_addrs,
+        http_addrs,
+        shutdown_tx,
+        alive_tx,
+        alive_rx,
+    })
+}
+
+/// A listener on `addr`, and the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let l = TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?;
+    let local = l.local_addr().map_err(|e| StartError::Listen(addr, e))?;
+    Ok((l, local))
 }
 
 /// What a listener accepts.
@@ -146,6 +187,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 enum Link {
     Client { direct_tls: bool },
     Component,
+    Server { direct_tls: bool },
 }
 
 async fn accept_loop(server: Arc<Server>, listener: TcpListener, link: Link, limit: Arc<Semaphore>, alive: mpsc::Sender<()>) {
@@ -173,6 +215,7 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, link: Link, lim
             match link {
                 Link::Client { direct_tls } => crate::session::c2s::serve(server, tcp, peer, direct_tls).await,
                 Link::Component => crate::session::component::serve(server, tcp, peer).await,
+                Link::Server { direct_tls } => crate::s2s::serve(server, tcp, peer, direct_tls).await,
             }
             drop(permit);
             drop(alive);
@@ -190,6 +233,7 @@ impl Running {
         let _ = shutdown_tx.send(true);
         server.sessions.close_all(crate::error::StreamError::SystemShutdown);
         server.components.close_all(crate::error::StreamError::SystemShutdown);
+        server.s2s.close_all(crate::error::StreamError::SystemShutdown);
         drop(alive_tx);
         let grace = Duration::from_secs(server.config.server.shutdown_grace_secs);
         if tokio::time::timeout(grace, alive_rx.recv()).await.is_err() {

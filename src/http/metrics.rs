@@ -46,6 +46,13 @@ pub fn render(server: &Server, bosh_sessions: &bosh::Sessions) -> String {
         "External components (XEP-0114) connected.",
         &[("", server.components.connected_count() as f64)],
     );
+    metric(
+        &mut out,
+        "starling_s2s_links",
+        "gauge",
+        "Federation: outgoing links (one per pair of domains, up or being set up) and incoming streams that verified a domain.",
+        &[("{direction=\"out\"}", server.s2s.link_count() as f64), ("{direction=\"in\"}", server.s2s.incoming_count() as f64)],
+    );
     let routed: Vec<(String, f64)> = c.routed_totals().iter().map(|(k, v)| (format!("{{kind=\"{k}\"}}"), *v as f64)).collect();
     let routed: Vec<(&str, f64)> = routed.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     metric(&mut out, "starling_stanzas_routed_total", "counter", "Stanzas through the router, by kind.", &routed);

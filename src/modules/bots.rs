@@ -301,7 +301,7 @@ enum Failure {
 pub fn signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    crate::sasl::hex(&mac.finalize().into_bytes())
 }
 
 /// What a bot receives for a message.

@@ -75,6 +75,12 @@ pub fn announced(el: &Element) -> Option<(String, String)> {
 /// A session's presence carried caps: if the `ver` is new, ask the client for it. The features,
 /// when already known.
 pub async fn on_presence(server: &Server, me: &FullJid, node: &str, ver: &str) -> Option<Features> {
+    on_presence_from(server, me.domain().as_str(), me, node, ver).await
+}
+
+/// As [`on_presence`], for any entity whose presence reached us (a contact on another server
+/// too): the query goes from `asker`, one of our domains.
+pub async fn on_presence_from(server: &Server, asker: &str, me: &FullJid, node: &str, ver: &str) -> Option<Features> {
     if let Some(f) = server.caps.features(ver) {
         return Some(f);
     }
@@ -92,7 +98,7 @@ pub async fn on_presence(server: &Server, me: &FullJid, node: &str, ver: &str) -
         pending.insert(id.clone(), (ver.to_string(), me.clone()));
     }
     let iq = Element::new("iq", ns::CLIENT)
-        .attr("from", me.domain().as_str())
+        .attr("from", asker)
         .attr("to", me.to_string())
         .attr("type", "get")
         .attr("id", id)

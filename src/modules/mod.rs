@@ -113,7 +113,12 @@ pub const CORE: Module = Module {
         Spec { id: "RFC 7677", title: "SCRAM-SHA-256", note: "SCRAM-SHA-256, SCRAM-SHA-256-PLUS" },
         Spec { id: "RFC 9266", title: "tls-exporter channel binding", note: "TLS 1.3 (over TLS 1.2 only tls-server-end-point is offered)" },
         Spec { id: "RFC 5929", title: "tls-server-end-point channel binding", note: "" },
-        Spec { id: "XEP-0368", title: "SRV records for XMPP over TLS", note: "direct TLS listener, ALPN xmpp-client" },
+        Spec {
+            id: "XEP-0368",
+            title: "SRV records for XMPP over TLS",
+            note:
+                "direct TLS listeners: clients (ALPN xmpp-client) and servers (xmpp-server, and _xmpps-server SRV records when connecting)",
+        },
         Spec { id: "XEP-0440", title: "SASL Channel-Binding Type Capability", note: "" },
         Spec { id: "XEP-0115", title: "Entity Capabilities", note: "passed through in presence" },
         Spec { id: "XEP-0198", title: "Stream Management", note: "acks, resumption, unacknowledged messages kept offline" },
@@ -157,6 +162,7 @@ pub const MODULES: &[&Module] = &[
     &caps::MODULE,
     &muc::MODULE,
     &crate::session::component::MODULE,
+    &crate::s2s::MODULE,
     &crate::http::websocket::MODULE,
     &crate::http::bosh::MODULE,
 ];

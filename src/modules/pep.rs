@@ -13,11 +13,13 @@
 //!   the owner and of the contacts who may read the node, that asked for the node with
 //!   `<node>+notify` in their entity capabilities (XEP-0115, `modules::caps`); a resource
 //!   coming online gets the last item of every such node (section 4.3.2).
+//! - contacts on other servers (federation) are notified the same way: their resources are
+//!   known from the presence they send the owner (`RemoteReaders`), their caps are asked for
+//!   from the owner's domain, and they get the last items once those are known.
 //!
-//! Not here yet: subscriptions to single nodes, node configuration forms, and readers on other
-//! servers (no federation yet).
+//! Not here yet: subscriptions to single nodes, node configuration forms.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::{IqFuture, IqHandler, IqRequest, IqTarget, Module, Spec};
 use crate::error::{Condition, StanzaError};
@@ -220,8 +222,12 @@ async fn notify(server: &Server, owner: &BareJid, cfg: &PepNode, event: Element)
     }
     let event = Element::new("event", NS_PUBSUB_EVENT).child(event);
     for reader in readers {
-        // Local readers only, until the server federates.
         if !server.is_local_domain(reader.domain().as_str()) {
+            // A contact on another server: its resources whose presence reached the owner and
+            // whose caps ask for the node.
+            for to in server.pep_remote.wanting(server, owner, &reader, &node) {
+                send_event(server, owner, &to, event.clone()).await;
+            }
             continue;
         }
         let wants = |s: &crate::session::SessionEntry| {
@@ -260,6 +266,13 @@ pub async fn came_online(server: &Server, who: &FullJid, features: &HashSet<Stri
     if !features.iter().any(|f| f.ends_with("+notify")) {
         return;
     }
+    if !server.is_local_domain(who.domain().as_str()) {
+        // A contact on another server: the nodes of the local accounts it sent presence to.
+        for owner in server.pep_remote.owners_seen_by(who) {
+            last_items_of(server, &owner, who, features).await;
+        }
+        return;
+    }
     let me = who.to_bare();
     let mut owners = vec![me.clone()];
     match server.storage.roster(me.as_str()).await {
@@ -273,22 +286,112 @@ pub async fn came_online(server: &Server, who: &FullJid, features: &HashSet<Stri
         Err(e) => tracing::error!(error = %e, "loading the roster for PEP last items"),
     }
     for owner in owners {
-        let nodes = match server.storage.pep_nodes(owner.as_str()).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!(error = %e, "listing PEP nodes");
-                continue;
+        last_items_of(server, &owner, who, features).await;
+    }
+}
+
+/// The last item of each of `owner`'s nodes that `who` wants and may read.
+async fn last_items_of(server: &Server, owner: &BareJid, who: &FullJid, features: &HashSet<String>) {
+    let me = who.to_bare();
+    let nodes = match server.storage.pep_nodes(owner.as_str()).await {
+        Ok(n) => n,
+        Err(e) => return tracing::error!(error = %e, "listing PEP nodes"),
+    };
+    for (node, cfg) in nodes.into_iter().filter(|(n, _)| features.contains(&format!("{n}+notify"))) {
+        if !may_read(server, owner, &me, &cfg.access_model).await.unwrap_or(false) {
+            continue;
+        }
+        let Ok(last) = server.storage.pep_items(owner.as_str(), &node, Some(1), &[]).await else { continue };
+        for (id, xml) in last {
+            let items =
+                Element::new("items", NS_PUBSUB_EVENT).attr("node", node.clone()).child(stored_item(NS_PUBSUB_EVENT, id, &xml).await);
+            send_event(server, owner, who, Element::new("event", NS_PUBSUB_EVENT).child(items)).await;
+        }
+    }
+}
+
+/// Resources of contacts on other servers whose presence reached local accounts, with the caps
+/// `ver` they announced: what PEP knows of remote readers (XEP-0163 section 4.3.1 asks for
+/// their full JIDs and `+notify` features, as for local ones).
+#[derive(Default)]
+pub struct RemoteReaders {
+    /// Local account -> (remote resource -> its caps `ver`).
+    seen: std::sync::Mutex<HashMap<BareJid, HashMap<FullJid, Option<String>>>>,
+}
+
+/// Remote resources remembered per local account; past it the oldest knowledge is dropped.
+const MAX_REMOTE_PER_ACCOUNT: usize = 1_000;
+
+impl RemoteReaders {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BareJid, HashMap<FullJid, Option<String>>>> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Record `who`'s presence to `owner`: `Some(ver)` available (with caps or not), `None`
+    /// gone. Returns whether it was not known as available before.
+    fn update(&self, owner: &BareJid, who: &FullJid, available: Option<Option<String>>) -> bool {
+        let mut seen = self.lock();
+        match available {
+            Some(ver) => {
+                let m = seen.entry(owner.clone()).or_default();
+                if m.len() >= MAX_REMOTE_PER_ACCOUNT && !m.contains_key(who) {
+                    m.clear();
+                }
+                m.insert(who.clone(), ver).is_none()
             }
-        };
-        for (node, cfg) in nodes.into_iter().filter(|(n, _)| features.contains(&format!("{n}+notify"))) {
-            if !may_read(server, &owner, &me, &cfg.access_model).await.unwrap_or(false) {
-                continue;
+            None => {
+                if let Some(m) = seen.get_mut(owner) {
+                    m.remove(who);
+                    if m.is_empty() {
+                        seen.remove(owner);
+                    }
+                }
+                false
             }
-            let Ok(last) = server.storage.pep_items(owner.as_str(), &node, Some(1), &[]).await else { continue };
-            for (id, xml) in last {
-                let items =
-                    Element::new("items", NS_PUBSUB_EVENT).attr("node", node.clone()).child(stored_item(NS_PUBSUB_EVENT, id, &xml).await);
-                send_event(server, &owner, who, Element::new("event", NS_PUBSUB_EVENT).child(items)).await;
+        }
+    }
+
+    /// `reader`'s resources known to `owner` whose features ask for `notify` (`node+notify`).
+    fn wanting(&self, server: &Server, owner: &BareJid, reader: &BareJid, notify: &str) -> Vec<FullJid> {
+        let seen = self.lock();
+        let Some(m) = seen.get(owner) else { return Vec::new() };
+        m.iter()
+            .filter(|(j, _)| &j.to_bare() == reader)
+            .filter(|(_, v)| v.as_ref().and_then(|v| server.caps.features(v)).is_some_and(|f| f.contains(notify)))
+            .map(|(j, _)| j.clone())
+            .collect()
+    }
+
+    /// No remote resource is known.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// The local accounts `who` sent its presence to.
+    fn owners_seen_by(&self, who: &FullJid) -> Vec<BareJid> {
+        self.lock().iter().filter(|(_, m)| m.contains_key(who)).map(|(o, _)| o.clone()).collect()
+    }
+}
+
+/// Presence from a resource on another server reached `owner`: remember it (or forget it), ask
+/// for its caps if they are new, and send it the last items it wants once they are known.
+pub async fn remote_presence(server: &Server, owner: &BareJid, st: &crate::stanza::Stanza) {
+    // Most presence is local: decided before anything is copied.
+    let Some(from) = &st.from else { return };
+    if crate::s2s::serves(server, from.domain().as_str()) {
+        return;
+    }
+    let Ok(who) = from.clone().try_into_full() else { return };
+    if st.typ().is_some() {
+        server.pep_remote.update(owner, &who, None);
+        return;
+    }
+    let caps = super::caps::announced(&st.el);
+    let new = server.pep_remote.update(owner, &who, Some(caps.as_ref().map(|(_, v)| v.clone())));
+    if let Some((node, ver)) = caps {
+        if let Some(features) = super::caps::on_presence_from(server, owner.domain().as_str(), &who, &node, &ver).await {
+            if new {
+                last_items_of(server, owner, &who, &features).await;
             }
         }
     }

@@ -211,6 +211,8 @@ pub async fn inbound(server: &Server, st: Stanza, owner: BareJid, was_full: bool
             if was_full {
                 return; // RFC 6121 section 8.5.3.2.2: resource not online, silently ignored
             }
+            // A contact on another server: PEP notifications follow its presence and caps.
+            super::pep::remote_presence(server, &owner, &st).await;
             let out = Outgoing::new(st.el);
             for s in server.sessions.sessions(&owner, |s| s.available) {
                 server.sessions.send(&s, Deliver::Stanza(out.clone()));

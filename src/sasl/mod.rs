@@ -88,6 +88,12 @@ impl Mechanism {
 }
 
 /// Compare secrets without leaking where they first differ (the length is not secret).
+/// Lowercase hex of `bytes` (digests and MACs on the wire: component handshakes, dialback
+/// keys, webhook signatures).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

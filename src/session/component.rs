@@ -202,16 +202,9 @@ async fn read_next(mut reader: Reader) -> (Reader, Result<XmlEvent, XmlError>) {
 
 impl Link {
     async fn write_out(&mut self) -> Result<(), ()> {
-        let r = tokio::time::timeout(WRITE_TIMEOUT, async {
-            self.writer.write_all(self.out.as_bytes()).await?;
-            self.writer.flush().await
-        })
-        .await;
+        let r = crate::stream::write_within(&mut self.writer, self.out.as_bytes(), WRITE_TIMEOUT).await;
         self.out.clear();
-        match r {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
+        r
     }
 
     /// Stream error (after our header if none was sent yet), close tag, close.
@@ -452,7 +445,7 @@ pub fn handshake_digest(stream_id: &str, secret: &str) -> String {
     let mut h = Sha1::new();
     h.update(stream_id.as_bytes());
     h.update(secret.as_bytes());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::sasl::hex(&h.finalize())
 }
 
 #[cfg(test)]

@@ -100,6 +100,11 @@ impl Sender {
         }
     }
 
+    /// Both handles lead to the same mailbox.
+    pub fn same_as(&self, other: &Sender) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// The receiver is gone or closed: nothing sent would be taken.
     pub fn is_closed(&self) -> bool {
         self.shared.lock().closed

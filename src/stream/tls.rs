@@ -40,6 +40,8 @@ pub enum Transport {
     /// The XML stream of a WebSocket connection (RFC 7395), framed and unframed by
     /// `http::websocket` on the other end of this pipe.
     Framed(tokio::io::DuplexStream),
+    /// Our side of an outgoing server-to-server stream after STARTTLS (`s2s::outgoing`).
+    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Transport {
@@ -54,6 +56,7 @@ impl AsyncRead for Transport {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Transport::Framed(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -64,6 +67,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Transport::Framed(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -71,6 +75,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Transport::Framed(s) => Pin::new(s).poll_flush(cx),
+            Transport::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -78,6 +83,7 @@ impl AsyncWrite for Transport {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Transport::Framed(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -160,6 +166,8 @@ const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024;
 pub struct TlsSetup {
     starttls: Arc<ServerConfig>,
     direct: Arc<ServerConfig>,
+    /// Direct TLS for other servers (XEP-0368, ALPN `xmpp-server`).
+    direct_s2s: Arc<ServerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,7 +263,11 @@ impl TlsSetup {
             sc.key_log = Arc::new(ExporterSecret);
             Ok(Arc::new(sc))
         };
-        Ok(TlsSetup { starttls: build(Vec::new())?, direct: build(vec![b"xmpp-client".to_vec()])? })
+        Ok(TlsSetup {
+            starttls: build(Vec::new())?,
+            direct: build(vec![b"xmpp-client".to_vec()])?,
+            direct_s2s: build(vec![b"xmpp-server".to_vec()])?,
+        })
     }
 
     /// Run the server side of a TLS handshake on `io` (direct TLS, or after STARTTLS's
@@ -263,11 +275,25 @@ impl TlsSetup {
     /// its channel-binding values: tls-server-end-point for the certificate picked for the
     /// client's SNI (on a resumed session too), and tls-exporter on TLS 1.3
     /// (RFC 9266 does not define it for TLS 1.2 without care this server does not take).
-    pub async fn accept<IO>(&self, mut io: IO, direct: bool) -> io::Result<(TlsStream<IO>, ChannelBindings)>
+    pub async fn accept<IO>(&self, io: IO, direct: bool) -> io::Result<(TlsStream<IO>, ChannelBindings)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let config = if direct { &self.direct } else { &self.starttls };
+        self.handshake(io, if direct { &self.direct } else { &self.starttls }).await
+    }
+
+    /// Direct TLS from another server (XEP-0368, ALPN `xmpp-server`).
+    pub async fn accept_s2s_direct<IO>(&self, io: IO) -> io::Result<TlsStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        Ok(self.handshake(io, &self.direct_s2s).await?.0)
+    }
+
+    async fn handshake<IO>(&self, mut io: IO, config: &Arc<ServerConfig>) -> io::Result<(TlsStream<IO>, ChannelBindings)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let mut conn = UnbufferedServerConnection::new(config.clone()).map_err(io::Error::other)?;
         // The handshake's buffers: dropped when it ends.
         let mut incoming: Vec<u8> = Vec::new();

@@ -41,6 +41,10 @@ pub struct TestServer {
     pub component: Option<SocketAddr>,
     /// The HTTP listener (webhooks), when the configuration has one.
     pub http: Option<SocketAddr>,
+    /// The server-to-server listener (federation), when the configuration has one.
+    pub s2s: Option<SocketAddr>,
+    /// The server-to-server listener with direct TLS (XEP-0368), when there is one.
+    pub s2s_direct_tls: Option<SocketAddr>,
     pub dir: PathBuf,
     pub storage: Storage,
     pub url: String,
@@ -95,6 +99,8 @@ impl TestServer {
             c2s_tls: running.c2s_tls_addrs[0],
             component: running.component_addrs.first().copied(),
             http: running.http_addrs.first().copied(),
+            s2s: running.s2s_addrs.first().copied(),
+            s2s_direct_tls: running.s2s_direct_tls_addrs.first().copied(),
             running: Some(running),
             dir,
             storage,
@@ -105,8 +111,12 @@ impl TestServer {
     }
 
     pub async fn add_user(&self, user: &str, password: &str) {
+        self.add_user_at("localhost", user, password).await
+    }
+
+    pub async fn add_user_at(&self, host: &str, user: &str, password: &str) {
         let creds = Credentials::new(password, 4096);
-        assert!(self.storage.create_user("localhost", user, &creds).await.unwrap());
+        assert!(self.storage.create_user(host, user, &creds).await.unwrap());
     }
 
     /// Stop the server (clean shutdown) and drop its database.
@@ -130,6 +140,8 @@ impl TestServer {
         self.c2s_tls = running.c2s_tls_addrs[0];
         self.component = running.component_addrs.first().copied();
         self.http = running.http_addrs.first().copied();
+        self.s2s = running.s2s_addrs.first().copied();
+        self.s2s_direct_tls = running.s2s_direct_tls_addrs.first().copied();
         self.running = Some(running);
         self
     }
@@ -157,19 +169,28 @@ impl TestServer {
 
     /// Log in with STARTTLS + SCRAM-SHA-256 and bind `resource`.
     pub async fn login(&self, user: &str, password: &str, resource: &str) -> Client {
+        self.login_at("localhost", user, password, resource).await
+    }
+
+    /// Log in to an account of `host` (one of the server's hosts).
+    pub async fn login_at(&self, host: &str, user: &str, password: &str, resource: &str) -> Client {
         let mut c = Client::connect(self.c2s).await;
-        c.open("localhost").await;
+        c.open(host).await;
         c.starttls().await;
-        c.open("localhost").await;
+        c.open(host).await;
         c.auth_scram(user, password, Hash::Sha256, None).await.expect("authenticates");
-        c.open("localhost").await;
+        c.open(host).await;
         c.bind(resource).await;
         c
     }
 
     /// Log in and send initial presence; the client's own presence echo is consumed.
     pub async fn online(&self, user: &str, password: &str, resource: &str) -> Client {
-        let mut c = self.login(user, password, resource).await;
+        self.online_at("localhost", user, password, resource).await
+    }
+
+    pub async fn online_at(&self, host: &str, user: &str, password: &str, resource: &str) -> Client {
+        let mut c = self.login_at(host, user, password, resource).await;
         c.send("<presence/>").await;
         let me = c.jid.clone().unwrap();
         c.recv_where(|e| e.name == "presence" && e.get_attr("from") == Some(me.as_str())).await;
@@ -262,6 +283,11 @@ impl Client {
         c.exporter = exporter;
         c.end_point = end_point;
         c
+    }
+
+    /// A client over a TLS connection made elsewhere (direct TLS with another ALPN, say).
+    pub fn from_tls(tls: tokio_rustls::client::TlsStream<TcpStream>) -> Client {
+        Self::from_transport(ClientTransport::Tls(Box::new(tls)))
     }
 
     fn from_transport(t: ClientTransport) -> Client {

@@ -12,6 +12,7 @@ mod hostile;
 mod im;
 mod muc;
 mod pep;
+mod s2s;
 mod sm;
 mod sync;
 mod websocket;
