@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use credentials::Hash;
 
+use crate::xml::{ns, Element};
+
 /// RFC 6120 section 6.5 failure conditions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -43,6 +45,11 @@ impl Failure {
             NotAuthorized => "not-authorized",
             TemporaryAuthFailure => "temporary-auth-failure",
         }
+    }
+
+    /// `<failure><condition/></failure>`, as sent to the peer (RFC 6120 section 6.4.5).
+    pub fn to_element(self) -> Element {
+        Element::new("failure", ns::SASL).child(Element::new(self.condition(), ns::SASL))
     }
 }
 
@@ -85,6 +92,15 @@ impl Mechanism {
     pub fn is_plus(self) -> bool {
         matches!(self, Mechanism::ScramSha256Plus | Mechanism::ScramSha1Plus)
     }
+}
+
+/// The data of an `<auth/>` or `<response/>`: base64, "=" for empty (RFC 6120 section 6.4.2).
+pub fn decode(text: &str) -> Result<Vec<u8>, Failure> {
+    let t = text.trim();
+    if t == "=" {
+        return Ok(Vec::new());
+    }
+    credentials::unb64(t).ok_or(Failure::IncorrectEncoding)
 }
 
 /// Compare secrets without leaking where they first differ (the length is not secret).

@@ -27,7 +27,7 @@ use crate::modules::{self, presence::SessionPresence, roster, IqTarget};
 use crate::router;
 use crate::sasl::credentials::b64;
 use crate::sasl::scram::{self, ChannelBindings};
-use crate::sasl::{parse_plain, Failure, Mechanism, ThrottleKey};
+use crate::sasl::{decode, parse_plain, Failure, Mechanism, ThrottleKey};
 use crate::server::Server;
 use crate::stanza::{self, new_id, Kind, Stanza};
 use crate::stream::header;
@@ -376,8 +376,7 @@ impl Negotiation {
                 tokio::time::sleep(delay).await;
             }
         }
-        let el = Element::new("failure", ns::SASL).child(Element::new(f.condition(), ns::SASL));
-        self.write(&el.to_xml()).await?;
+        self.write(&f.to_element().to_xml()).await?;
         if self.failures >= MAX_AUTH_ATTEMPTS {
             return Err(StreamError::PolicyViolation);
         }
@@ -621,14 +620,6 @@ impl Negotiation {
             resume_rx: None,
         }))
     }
-}
-
-fn decode(text: &str) -> Result<Vec<u8>, Failure> {
-    let t = text.trim();
-    if t == "=" {
-        return Ok(Vec::new());
-    }
-    crate::sasl::credentials::unb64(t).ok_or(Failure::IncorrectEncoding)
 }
 
 fn check_authzid(authzid: Option<&str>, account: &BareJid) -> Result<(), Failure> {
