@@ -3,6 +3,7 @@
 pub mod insecure;
 pub mod record;
 pub mod tls;
+pub mod trust;
 
 use std::time::Duration;
 
