@@ -76,6 +76,17 @@ pub struct S2sConfig {
     /// cluster must share it.
     #[serde(default)]
     pub dialback_secret: String,
+    /// Trust anchors for other servers' certificates (a PEM bundle). None: the Mozilla roots
+    /// built in (`webpki-roots`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Federate only with servers whose certificate verifies for their domain (RFC 6120
+    /// section 13.7.2): outgoing, a link to a server whose certificate does not is not set up;
+    /// incoming, dialback is refused from a peer whose certificate does not verify for the
+    /// stream's `from` (SASL EXTERNAL, XEP-0178, is then the only way in). Off: such peers
+    /// authenticate with dialback, as before.
+    #[serde(default)]
+    pub require_valid_certificates: bool,
 }
 
 fn default_s2s_connect_timeout() -> u64 {
@@ -574,6 +585,11 @@ impl Config {
                 errors.push(format!("s2s.routes: {domain}: {addr:?} is not host:port"));
             }
         }
+        if let Some(p) = &self.s2s.ca_file {
+            if !p.exists() {
+                errors.push(format!("s2s.ca_file: {} does not exist", p.display()));
+            }
+        }
         if self.s2s.queue_size == 0 || self.s2s.connect_timeout_secs == 0 || self.s2s.idle_timeout_secs == 0 {
             errors.push("s2s: queue_size, connect_timeout_secs and idle_timeout_secs must be positive".into());
         }
@@ -627,6 +643,18 @@ mod tests {
         let text = include_str!("../config.example.toml");
         let cfg = Config::parse(text).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(cfg.server.hosts, vec!["localhost".to_string()]);
+    }
+
+    #[test]
+    fn certificate_trust_for_federation_is_optional_and_checked() {
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg.s2s.ca_file, None);
+        assert!(!cfg.s2s.require_valid_certificates);
+        let cfg = Config::parse("[s2s]\nrequire_valid_certificates = true\n").unwrap();
+        assert!(cfg.s2s.require_valid_certificates);
+        let errs = Config::parse("[s2s]\nca_file = '/nonexistent/ca.pem'\n").unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("s2s.ca_file")), "{errs:?}");
+        assert!(Config::parse("[s2s]\nca_files = 'x'\n").is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //!           out to its occupants' mailboxes, or relays to occupants that are not local
 //!           sessions), an external component (`session::component`), an HTTP bot
 //!           (`modules::bots`), or another server's domain (`s2s`: the link for that pair
-//!           of domains, dialback, STARTTLS; incoming streams from other servers enter here
+//!           of domains, STARTTLS, SASL EXTERNAL or dialback; incoming streams from other servers enter here
 //!           too, at the router)
 //!        -> session::registry mailbox -> the target session's loop -> one write per batch
 //! ```

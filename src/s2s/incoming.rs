@@ -1,5 +1,6 @@
-//! Incoming server-to-server streams: STARTTLS, dialback (as receiving server, and as
-//! authoritative server for our own keys), then the stanzas of the verified domain pairs.
+//! Incoming server-to-server streams: STARTTLS, SASL EXTERNAL with the peer's certificate
+//! (XEP-0178) or dialback (as receiving server, and as authoritative server for our own keys),
+//! then the stanzas of the verified domain pairs.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -13,10 +14,10 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::outgoing::open;
-use super::{db_element, header, serves, NS_DIALBACK, NS_DIALBACK_FEATURE};
+use super::{db_element, header, serves, Auth, EXTERNAL, NS_DIALBACK, NS_DIALBACK_FEATURE};
 use crate::error::{Condition, StanzaError, StreamError};
 use crate::router;
-use crate::sasl::constant_time_eq;
+use crate::sasl::{constant_time_eq, decode, Failure};
 use crate::server::Server;
 use crate::stanza::{new_id, Stanza};
 use crate::stream::tls::Transport;
@@ -47,6 +48,16 @@ struct Conn {
     id: String,
     /// (remote domain, local domain) pairs verified on this connection.
     authorized: HashSet<(String, String)>,
+    /// The certificate chain the peer sent in the TLS handshake (empty: none, or no TLS yet);
+    /// checked against a domain only when one is claimed (`stream::trust`).
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The current stream header's `from` (the peer's domain), and `to` (ours).
+    from: Option<String>,
+    to: String,
+    /// The peer's certificate verifies for `from`: SASL EXTERNAL is offered (XEP-0178).
+    cert_ok: bool,
+    /// SASL EXTERNAL succeeded on this connection (it is not offered again).
+    sasl_done: bool,
     pending: usize,
     verdicts: mpsc::UnboundedSender<Verdict>,
 }
@@ -58,16 +69,16 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     async move {
         let _ = tcp.set_nodelay(true);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(server.config.c2s.auth_timeout_secs);
-        let transport = if direct_tls {
-            match tokio::time::timeout_at(deadline, server.tls.accept_s2s_direct(tcp)).await {
-                Ok(Ok(tls)) => Transport::Tls(Box::new(tls)),
+        let (transport, chain) = if direct_tls {
+            match tokio::time::timeout_at(deadline, server.tls.accept_s2s(tcp, true)).await {
+                Ok(Ok((tls, chain))) => (Transport::Tls(Box::new(tls)), chain),
                 _ => {
                     tracing::debug!("direct TLS handshake with a remote server failed");
                     return;
                 }
             }
         } else {
-            Transport::Plain(tcp)
+            (Transport::Plain(tcp), Vec::new())
         };
         let limits = Limits { max_element_bytes: server.config.limits.max_stanza_size, max_depth: server.config.limits.max_depth };
         let (rd, wr) = tokio::io::split(transport);
@@ -79,6 +90,11 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
             tls: direct_tls,
             id: String::new(),
             authorized: HashSet::new(),
+            chain,
+            from: None,
+            to: String::new(),
+            cert_ok: false,
+            sasl_done: false,
             pending: 0,
             verdicts: vtx,
         };
@@ -97,6 +113,8 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
                     let Some(r) = conn.starttls(r).await else { return };
                     reader = r;
                 }
+                // After SASL success (RFC 6120 section 6.4.6), on the same transport.
+                Step::Restart(r) => reader = Box::new(r.restart()),
                 Step::End(None) => {
                     conn.out.push_str("</stream:stream>");
                     let _ = conn.flush().await;
@@ -122,6 +140,7 @@ impl Drop for Conn {
 
 enum Step {
     StartTls(Reader),
+    Restart(Reader),
     End(Option<StreamError>),
     Gone,
 }
@@ -173,6 +192,10 @@ impl Conn {
         if !serves(&self.server, &to) || !self.server.s2s.enabled() {
             return Err(Some(StreamError::HostUnknown));
         }
+        self.from = h.attr("from").and_then(domain_only);
+        self.to = to;
+        let verified = self.tls && self.from.as_deref().is_some_and(|f| self.verifies(f));
+        self.cert_ok = verified;
         if versioned {
             let mut f = String::from("<stream:features>");
             if !self.tls {
@@ -182,7 +205,16 @@ impl Conn {
                 }
                 f.push_str("</starttls>");
             }
-            f.push_str(&format!("<dialback xmlns='{NS_DIALBACK_FEATURE}'><errors/></dialback></stream:features>"));
+            if verified && !self.sasl_done {
+                let mechanism = Element::new("mechanism", ns::SASL).text(EXTERNAL);
+                f.push_str(&Element::new("mechanisms", ns::SASL).child(mechanism).to_xml());
+            }
+            // With s2s.require_valid_certificates, dialback only where a certificate also
+            // vouches for the domain (XEP-0178 section 3: a peer without one may be refused).
+            if !self.server.config.s2s.require_valid_certificates || verified {
+                f.push_str(&format!("<dialback xmlns='{NS_DIALBACK_FEATURE}'><errors/></dialback>"));
+            }
+            f.push_str("</stream:features>");
             self.out.push_str(&f);
         }
         self.flush().await.map_err(|_| None)
@@ -196,8 +228,11 @@ impl Conn {
         let rd = reader.into_inner().ok()?;
         let wr = self.writer.take()?;
         let Transport::Plain(tcp) = rd.unsplit(wr) else { return None };
-        let tls = match tokio::time::timeout(Duration::from_secs(30), self.server.tls.accept(tcp, false)).await {
-            Ok(Ok((t, _))) => t,
+        let tls = match tokio::time::timeout(Duration::from_secs(30), self.server.tls.accept_s2s(tcp, false)).await {
+            Ok(Ok((t, chain))) => {
+                self.chain = chain;
+                t
+            }
             _ => {
                 tracing::debug!("STARTTLS handshake with a remote server failed");
                 return None;
@@ -258,6 +293,23 @@ impl Conn {
                         }
                         return Step::StartTls(r);
                     }
+                    if el.is("auth", ns::SASL) {
+                        match self.auth(&el) {
+                            Ok(()) => {
+                                // <success/> goes out before the peer's new header is read.
+                                if self.flush().await.is_err() {
+                                    return Step::Gone;
+                                }
+                                return Step::Restart(r);
+                            }
+                            Err(f) => {
+                                tracing::info!(from = ?self.from, condition = f.condition(), "SASL EXTERNAL refused");
+                                self.out.push_str(&f.to_element().to_xml());
+                            }
+                        }
+                        read.set(read_next(r));
+                        continue;
+                    }
                     read.set(read_next(r));
                     if let Err(e) = self.element(el).await {
                         return Step::End(Some(e));
@@ -272,6 +324,60 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Does the peer's certificate authenticate `domain`?
+    fn verifies(&self, domain: &str) -> bool {
+        match self.server.tls.trust.verify(&self.chain, domain) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(%domain, error = %e, "the remote server's certificate does not authenticate it");
+                false
+            }
+        }
+    }
+
+    /// A pair is authenticated on this connection.
+    fn authorize(&mut self, remote: String, local: String, how: Auth) {
+        tracing::info!(%remote, %local, ?how, "remote server verified");
+        if self.authorized.is_empty() {
+            self.server.s2s.incoming.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.server.s2s.count(how);
+        self.authorized.insert((remote, local));
+    }
+
+    /// `<auth mechanism='EXTERNAL'/>` (XEP-0178 section 3): the certificate the peer presented
+    /// authenticates the stream's `from`; the authorization identity, if any, must be that
+    /// domain. `Ok`: `<success/>` is queued and the stream restarts. A failure leaves the
+    /// stream open, for dialback.
+    fn auth(&mut self, el: &Element) -> Result<(), Failure> {
+        if !self.tls {
+            return Err(Failure::EncryptionRequired);
+        }
+        if el.get_attr("mechanism") != Some(EXTERNAL) || self.sasl_done {
+            // Only EXTERNAL is offered, and once.
+            return Err(Failure::InvalidMechanism);
+        }
+        let Some(from) = self.from.clone().filter(|_| self.cert_ok) else {
+            // No certificate for `from` (or no `from`): section 3, step 11.
+            return Err(Failure::NotAuthorized);
+        };
+        let text = el.text_content();
+        let authzid = if text.trim().is_empty() { Vec::new() } else { decode(&text)? };
+        let authzid = std::str::from_utf8(&authzid).map_err(|_| Failure::IncorrectEncoding)?;
+        if !authzid.is_empty() && !authzid.eq_ignore_ascii_case(&from) {
+            return Err(Failure::InvalidAuthzid);
+        }
+        if !self.server.s2s.allows(&from) {
+            return Err(Failure::NotAuthorized);
+        }
+        self.out.push_str(&Element::new("success", ns::SASL).to_xml());
+        self.sasl_done = true;
+        self.cert_ok = false;
+        let local = self.to.clone();
+        self.authorize(from, local, Auth::ExternalIn);
+        Ok(())
     }
 
     /// One top-level element from the remote server.
@@ -340,6 +446,12 @@ impl Conn {
             self.out.push_str(&db_error("result", &local, &remote, None, Condition::Forbidden));
             return Ok(());
         }
+        if self.server.config.s2s.require_valid_certificates && !self.verifies(&remote) {
+            // Dialback alone is not enough here (s2s.require_valid_certificates): RFC 6120
+            // section 4.9.3.12, not authorized to negotiate so.
+            tracing::info!(%remote, "dialback refused: the remote server's certificate does not authenticate it");
+            return Err(StreamError::NotAuthorized);
+        }
         if self.authorized.contains(&(remote.clone(), local.clone())) {
             self.out.push_str(&db_element("result", &local, &remote, None, Some("valid"), None));
             return Ok(());
@@ -366,12 +478,8 @@ impl Conn {
         self.pending = self.pending.saturating_sub(1);
         match v.valid {
             Some(true) => {
-                tracing::info!(remote = %v.remote, local = %v.local, "remote server verified");
                 self.out.push_str(&db_element("result", &v.local, &v.remote, None, Some("valid"), None));
-                if self.authorized.is_empty() {
-                    self.server.s2s.incoming.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                self.authorized.insert((v.remote, v.local));
+                self.authorize(v.remote, v.local, Auth::DialbackIn);
             }
             Some(false) => {
                 tracing::info!(remote = %v.remote, local = %v.local, "remote server's dialback key refused");

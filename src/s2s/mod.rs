@@ -5,13 +5,17 @@
 //!   a mailbox, made on first use. It finds the remote server (a static route from the config,
 //!   else DNS SRV `_xmpps-server._tcp` for direct TLS (XEP-0368) and `_xmpp-server._tcp`, else
 //!   the domain itself on port 5269; RFC 6120 section 3.2), connects, negotiates TLS (direct,
-//!   or STARTTLS), and authenticates with Server Dialback (XEP-0220).
-//!   Stanzas queued meanwhile go out once the remote server says the key is valid; if it
+//!   or STARTTLS), and authenticates: with SASL EXTERNAL (XEP-0178) when the remote server's
+//!   certificate verifies for its domain and it offers the mechanism (it took ours), else with
+//!   Server Dialback (XEP-0220).
+//!   Stanzas queued meanwhile go out once the remote server accepts us; if it
 //!   cannot be reached or refuses, each queued stanza is bounced (`remote-server-not-found`,
 //!   or `remote-server-timeout` when it took too long). An idle link closes after
 //!   `s2s.idle_timeout_secs`.
 //! - **Incoming** (`incoming`): a remote server connects to the s2s listener, STARTTLS
-//!   (required unless `s2s.require_tls = false`; none on the direct TLS listener), then asks with `<db:result/>` to send as its
+//!   (required unless `s2s.require_tls = false`; none on the direct TLS listener), then either
+//!   authenticates with SASL EXTERNAL, offered when the client certificate it presented
+//!   verifies for the stream's `from`, or asks with `<db:result/>` to send as its
 //!   domain to one of ours. Starling checks the key with the remote domain's authoritative
 //!   server (a `<db:verify/>` on a connection of its own to it) and only then accepts stanzas
 //!   from that domain to that one of ours; every stanza's `from` and `to` are checked against
@@ -21,9 +25,14 @@
 //! Keys follow XEP-0185: HMAC-SHA256 over "receiving originating stream-id" with the SHA-256 of
 //! a secret (random per start unless `s2s.dialback_secret` is set, which a cluster shares).
 //!
-//! TLS on these streams encrypts; it does not authenticate (certificates are not checked, as
-//! with Prosody's default `s2s_secure_auth = false`): dialback does, through DNS. SASL EXTERNAL
-//! with certificates (XEP-0178) and bidirectional streams (XEP-0288) are not implemented.
+//! Certificates (`stream::trust`): each side presents the certificate of its domain (the
+//! outgoing side as its TLS client certificate); a handshake never fails on one. Afterwards a
+//! certificate that chains to `s2s.ca_file` (else the built-in Mozilla roots) and names the
+//! domain as a DNS-ID authenticates it, and SASL EXTERNAL carries that over; one that does not
+//! leaves dialback, through DNS, as with Prosody's default `s2s_secure_auth = false`. With
+//! `s2s.require_valid_certificates` it is the end of it instead: no outgoing link to such a
+//! server (its stanzas bounce), no dialback from one (`not-authorized`). Bidirectional streams
+//! (XEP-0288) are not implemented.
 
 mod incoming;
 mod outgoing;
@@ -50,6 +59,8 @@ pub use incoming::serve;
 
 pub const NS_DIALBACK: &str = "jabber:server:dialback";
 pub const NS_DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+/// The SASL mechanism of certificate authentication between servers (XEP-0178).
+const EXTERNAL: &str = "EXTERNAL";
 
 pub const MODULE: Module = Module {
     name: "s2s",
@@ -60,6 +71,11 @@ pub const MODULE: Module = Module {
             note: "both roles, over STARTTLS; several domains on one incoming stream; `<errors/>`",
         },
         Spec { id: "XEP-0185", title: "Dialback Key Generation and Validation", note: "HMAC-SHA256 keys" },
+        Spec {
+            id: "XEP-0178",
+            title: "Best Practices for Use of SASL EXTERNAL with Certificates",
+            note: "server-to-server, both roles; DNS-IDs only (no XmppAddr, no SRV-ID); dialback when a certificate does not verify",
+        },
     ],
     host_features: &[],
     account_features: &[],
@@ -79,7 +95,31 @@ pub struct S2s {
     links: Mutex<HashMap<(String, String), mailbox::Sender>>,
     /// Incoming streams that verified at least one domain and are still open.
     incoming: AtomicUsize,
+    /// Domain pairs authenticated since start, by way and direction (`Auth` indexes it).
+    authenticated: [AtomicUsize; 4],
     server: OnceLock<Weak<Server>>,
+}
+
+/// How a domain pair was authenticated, and which way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// SASL EXTERNAL with the peer's certificate (XEP-0178), on a stream it opened to us.
+    ExternalIn,
+    /// Dialback (XEP-0220) on a stream the peer opened to us.
+    DialbackIn,
+    /// SASL EXTERNAL on a stream of ours: the peer accepted our certificate.
+    ExternalOut,
+    /// Dialback on a stream of ours.
+    DialbackOut,
+}
+
+/// What `S2s::authentications` reports: counts since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Authentications {
+    pub external_in: usize,
+    pub dialback_in: usize,
+    pub external_out: usize,
+    pub dialback_out: usize,
 }
 
 impl S2s {
@@ -99,6 +139,7 @@ impl S2s {
             blocked: config.s2s.blocked_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             links: Mutex::new(HashMap::new()),
             incoming: AtomicUsize::new(0),
+            authenticated: Default::default(),
             server: OnceLock::new(),
         }
     }
@@ -133,6 +174,21 @@ impl S2s {
     /// Incoming streams from other servers that verified a domain and are open.
     pub fn incoming_count(&self) -> usize {
         self.incoming.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, how: Auth) {
+        self.authenticated[how as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Domain pairs authenticated since start, by way and direction.
+    pub fn authentications(&self) -> Authentications {
+        let n = |how: Auth| self.authenticated[how as usize].load(Ordering::Relaxed);
+        Authentications {
+            external_in: n(Auth::ExternalIn),
+            dialback_in: n(Auth::DialbackIn),
+            external_out: n(Auth::ExternalOut),
+            dialback_out: n(Auth::DialbackOut),
+        }
     }
 
     /// The dialback key for a stream `id` that `receiving` opened for `originating`.

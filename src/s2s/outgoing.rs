@@ -1,4 +1,5 @@
-//! Outgoing server-to-server streams: finding the remote server, connecting, STARTTLS,
+//! Outgoing server-to-server streams: finding the remote server, connecting, STARTTLS, SASL
+//! EXTERNAL (XEP-0178) when the remote server's certificate verifies and it offers it, else
 //! dialback, then the link that carries stanzas for one (local, remote) domain pair.
 
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
-use super::{bounce_item, db_element, header, queued_stanza, NS_DIALBACK};
+use super::{bounce_item, db_element, header, queued_stanza, Auth, EXTERNAL, NS_DIALBACK};
 use crate::error::{Condition, StreamError};
 use crate::server::Server;
 use crate::session::mailbox;
@@ -41,6 +42,8 @@ pub enum OutError {
     Refused,
     #[error("dialback error from the remote server")]
     DialbackError,
+    #[error("the remote server's certificate does not authenticate it ({0}) and s2s.require_valid_certificates is set")]
+    Untrusted(String),
     #[error("protocol: {0}")]
     Protocol(&'static str),
     #[error("connection lost")]
@@ -55,6 +58,9 @@ pub struct OutStream {
     pub id: String,
     /// Its `<stream:features/>`.
     pub features: Element,
+    /// Whether the remote server's certificate authenticates the remote domain (`Err`: why
+    /// not; also when there was no TLS).
+    pub verified: Result<(), String>,
 }
 
 impl OutStream {
@@ -178,16 +184,24 @@ async fn open_at(server: &Server, target: &Target, local: &str, remote: &str) ->
     let limits = Limits { max_element_bytes: server.config.limits.max_stanza_size, max_depth: server.config.limits.max_depth };
     let name = rustls::pki_types::ServerName::try_from(remote.to_string()).map_err(|_| OutError::Protocol("domain is no TLS name"))?;
     let fresh = |t: Transport| {
+        // The certificate is checked once, here, for the domain we connected for.
+        let verified = match &t {
+            Transport::Client(tls) => {
+                server.tls.trust.verify(tls.get_ref().1.peer_certificates().unwrap_or_default(), remote).map_err(|e| e.to_string())
+            }
+            _ => Err("no TLS".to_string()),
+        };
         let (rd, wr) = tokio::io::split(t);
         OutStream {
             reader: Box::new(XmlReader::new(rd, limits)),
             writer: wr,
             id: String::new(),
             features: Element::new("features", ns::STREAM),
+            verified,
         }
     };
     if target.direct_tls {
-        let tls = connector(true).connect(name, tcp).await.map_err(OutError::Tls)?;
+        let tls = server.tls.s2s_connector(local, true).connect(name, tcp).await.map_err(OutError::Tls)?;
         let mut s = fresh(Transport::Client(Box::new(tls)));
         start(&mut s, local, remote).await?;
         return Ok(s);
@@ -203,28 +217,13 @@ async fn open_at(server: &Server, target: &Target, local: &str, remote: &str) ->
         let OutStream { reader, writer, .. } = s;
         let rd = reader.into_inner().map_err(|_| OutError::Protocol("data after proceed"))?;
         let Transport::Plain(tcp) = rd.unsplit(writer) else { return Err(OutError::Protocol("TLS twice")) };
-        let tls = connector(false).connect(name, tcp).await.map_err(OutError::Tls)?;
+        let tls = server.tls.s2s_connector(local, false).connect(name, tcp).await.map_err(OutError::Tls)?;
         s = fresh(Transport::Client(Box::new(tls)));
         start(&mut s, local, remote).await?;
     } else if server.config.s2s.require_tls {
         return Err(OutError::NoTls);
     }
     Ok(s)
-}
-
-/// TLS for outgoing streams (`direct`: ALPN `xmpp-server`, XEP-0368). Certificates are not
-/// checked: TLS encrypts, dialback authenticates (see the module's documentation).
-fn connector(direct: bool) -> tokio_rustls::TlsConnector {
-    static C: std::sync::OnceLock<[tokio_rustls::TlsConnector; 2]> = std::sync::OnceLock::new();
-    let [starttls, direct_tls] = C.get_or_init(|| {
-        let make = |alpn: Option<&[u8]>| tokio_rustls::TlsConnector::from(Arc::new(crate::stream::insecure::client_config(alpn)));
-        [make(None), make(Some(b"xmpp-server"))]
-    });
-    if direct {
-        direct_tls.clone()
-    } else {
-        starttls.clone()
-    }
 }
 
 /// Our stream header, theirs, and their features.
@@ -253,8 +252,70 @@ async fn start(s: &mut OutStream, local: &str, remote: &str) -> Result<(), OutEr
     Ok(())
 }
 
+/// Does the remote server offer SASL EXTERNAL?
+fn offers_external(features: &Element) -> bool {
+    features
+        .find("mechanisms", ns::SASL)
+        .is_some_and(|m| m.elements().any(|c| c.is("mechanism", ns::SASL) && c.text_content().trim() == EXTERNAL))
+}
+
+/// SASL EXTERNAL as the initiating server (XEP-0178 section 3), with our domain as the
+/// authorization identity (which the XEP asks for, for older receivers). On `<success/>` the
+/// stream restarts (RFC 6120 section 6.4.6) and `Ok(true)` comes back with the new stream; a
+/// `<failure/>` leaves the stream as it was, for dialback.
+async fn external(s: OutStream, local: &str, remote: &str) -> Result<(OutStream, bool), OutError> {
+    let mut s = s;
+    let auth = Element::new("auth", ns::SASL).attr("mechanism", EXTERNAL).text(crate::sasl::credentials::b64(local.as_bytes()));
+    s.write(&auth.to_xml()).await?;
+    let el = s.next().await?;
+    if el.is("failure", ns::SASL) {
+        let condition = el.elements().next().map(|c| c.name.clone()).unwrap_or_default();
+        tracing::info!(%condition, "SASL EXTERNAL refused by the remote server; dialback instead");
+        return Ok((s, false));
+    }
+    if !el.is("success", ns::SASL) {
+        return Err(OutError::Protocol("no SASL outcome"));
+    }
+    let OutStream { reader, writer, verified, .. } = s;
+    let mut s = OutStream {
+        reader: Box::new(reader.restart()),
+        writer,
+        id: String::new(),
+        features: Element::new("features", ns::STREAM),
+        verified,
+    };
+    start(&mut s, local, remote).await?;
+    Ok((s, true))
+}
+
+/// Authenticate a stream of ours: SASL EXTERNAL when the remote server's certificate verified
+/// and it offers the mechanism, else dialback (unless s2s.require_valid_certificates refuses a
+/// server whose certificate did not verify).
+async fn authenticate(server: &Server, s: OutStream, local: &str, remote: &str) -> Result<OutStream, OutError> {
+    if let Err(why) = &s.verified {
+        if server.config.s2s.require_valid_certificates {
+            let e = OutError::Untrusted(why.clone());
+            s.close().await;
+            return Err(e);
+        }
+        tracing::debug!(reason = %why, "the remote server's certificate does not authenticate it: dialback");
+    }
+    let mut s = s;
+    if s.verified.is_ok() && offers_external(&s.features) {
+        let (back, ok) = external(s, local, remote).await?;
+        s = back;
+        if ok {
+            server.s2s.count(Auth::ExternalOut);
+            return Ok(s);
+        }
+    }
+    dialback(server, &mut s, local, remote).await?;
+    server.s2s.count(Auth::DialbackOut);
+    Ok(s)
+}
+
 /// Dialback as the initiating server: send our key for (local -> remote), wait for the verdict.
-async fn authenticate(server: &Server, s: &mut OutStream, local: &str, remote: &str) -> Result<(), OutError> {
+async fn dialback(server: &Server, s: &mut OutStream, local: &str, remote: &str) -> Result<(), OutError> {
     // Sent whether or not the features name dialback: servers that predate the stream feature
     // take it when the header declares its namespace (XEP-0220 section 2.1.1).
     let key = server.s2s.dialback_key(remote, local, &s.id);
@@ -279,9 +340,8 @@ pub async fn run(server: Arc<Server>, pair: (String, String), tx: mailbox::Sende
     async move {
         let timeout = Duration::from_secs(server.config.s2s.connect_timeout_secs);
         let setup = tokio::time::timeout(timeout, async {
-            let mut s = open(&server, &pair.0, &pair.1).await?;
-            authenticate(&server, &mut s, &pair.0, &pair.1).await?;
-            Ok::<_, OutError>(s)
+            let s = open(&server, &pair.0, &pair.1).await?;
+            authenticate(&server, s, &pair.0, &pair.1).await
         })
         .await;
         let s = match setup {

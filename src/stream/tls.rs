@@ -1,7 +1,9 @@
 //! TLS for client streams: certificates per domain (loaded, or self-signed with rcgen on first
 //! start and reused), rustls server configs for STARTTLS and direct TLS (ALPN `xmpp-client`,
 //! XEP-0368), TLS 1.2 and 1.3 only, the handshake, and the channel-binding data of a finished
-//! handshake.
+//! handshake. For server-to-server streams too: server configs that ask peers for a client
+//! certificate, and client configs per local domain that present its certificate (how the
+//! peers' certificates are judged is `stream::trust`).
 //!
 //! rustls' unbuffered API runs the handshake in buffers that live only as long as it does;
 //! then its traffic keys go to `stream::record`, which holds nothing while the connection is
@@ -22,9 +24,9 @@ use rustls::crypto::ring as provider;
 use rustls::crypto::tls13::{HkdfExpander, OkmBlock};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
-use rustls::{ServerConfig, SupportedCipherSuite};
+use rustls::{ClientConfig, ServerConfig, SupportedCipherSuite};
 use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -32,6 +34,7 @@ use tokio::net::TcpStream;
 use crate::config::Config;
 use crate::sasl::scram::ChannelBindings;
 use crate::stream::record::TlsStream;
+use crate::stream::trust::{owned_chain, Trust};
 
 /// A client connection, before or after TLS.
 pub enum Transport {
@@ -166,8 +169,17 @@ const MAX_HANDSHAKE_BUFFER: usize = 64 * 1024;
 pub struct TlsSetup {
     starttls: Arc<ServerConfig>,
     direct: Arc<ServerConfig>,
-    /// Direct TLS for other servers (XEP-0368, ALPN `xmpp-server`).
+    /// STARTTLS from other servers: as `starttls`, and asks for a client certificate.
+    starttls_s2s: Arc<ServerConfig>,
+    /// Direct TLS for other servers (XEP-0368, ALPN `xmpp-server`), asking for one too.
     direct_s2s: Arc<ServerConfig>,
+    /// Outgoing server-to-server TLS per local domain with a certificate (presented as the
+    /// client certificate, XEP-0178), [STARTTLS, direct TLS].
+    clients: HashMap<String, [Arc<ClientConfig>; 2]>,
+    /// The same for domains without a certificate of their own (they use dialback).
+    anonymous: [Arc<ClientConfig>; 2],
+    /// Trust anchors for other servers' certificates.
+    pub trust: Trust,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -246,13 +258,36 @@ impl TlsSetup {
             let end_point = end_point_hash(chain[0].as_ref());
             certs.insert(host.clone(), DomainCert { key: Arc::new(CertifiedKey::new(chain, signing)), end_point });
         }
-        let resolver = Arc::new(Resolver { certs, default: config.default_host().to_string() });
-        let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<ServerConfig>, TlsSetupError> {
-            let mut sc = ServerConfig::builder_with_provider(provider.clone())
-                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        let trust = Trust::new(config.s2s.ca_file.as_deref())?;
+        let deferred = trust.deferred();
+        let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+        let client = |key: Option<&Arc<CertifiedKey>>, alpn: Option<&[u8]>| -> Result<Arc<ClientConfig>, TlsSetupError> {
+            let b = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&versions)
                 .map_err(|e| TlsSetupError::Bad("tls".into(), e.to_string()))?
-                .with_no_client_auth()
-                .with_cert_resolver(resolver.clone());
+                .dangerous()
+                .with_custom_certificate_verifier(deferred.clone());
+            let mut cc = match key {
+                Some(k) => b.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(k.clone()))),
+                None => b.with_no_client_auth(),
+            };
+            cc.alpn_protocols = alpn.into_iter().map(|a| a.to_vec()).collect();
+            Ok(Arc::new(cc))
+        };
+        let mut clients = HashMap::new();
+        for (domain, c) in &certs {
+            clients.insert(domain.clone(), [client(Some(&c.key), None)?, client(Some(&c.key), Some(b"xmpp-server"))?]);
+        }
+        let anonymous = [client(None, None)?, client(None, Some(b"xmpp-server"))?];
+        let resolver = Arc::new(Resolver { certs, default: config.default_host().to_string() });
+        let build = |alpn: Vec<Vec<u8>>, peers: bool| -> Result<Arc<ServerConfig>, TlsSetupError> {
+            let b = ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&versions)
+                .map_err(|e| TlsSetupError::Bad("tls".into(), e.to_string()))?;
+            // Clients are not asked for a certificate (some would prompt their user); other
+            // servers are, for SASL EXTERNAL (XEP-0178), and need not send one.
+            let b = if peers { b.with_client_cert_verifier(deferred.clone()) } else { b.with_no_client_auth() };
+            let mut sc = b.with_cert_resolver(resolver.clone());
             sc.alpn_protocols = alpn;
             // Resumption: TLS 1.3 tickets are stateless (encrypted under a key rotated every 12
             // hours), so the server keeps nothing per ticket; the cache serves TLS 1.2 session IDs.
@@ -264,10 +299,22 @@ impl TlsSetup {
             Ok(Arc::new(sc))
         };
         Ok(TlsSetup {
-            starttls: build(Vec::new())?,
-            direct: build(vec![b"xmpp-client".to_vec()])?,
-            direct_s2s: build(vec![b"xmpp-server".to_vec()])?,
+            starttls: build(Vec::new(), false)?,
+            direct: build(vec![b"xmpp-client".to_vec()], false)?,
+            starttls_s2s: build(Vec::new(), true)?,
+            direct_s2s: build(vec![b"xmpp-server".to_vec()], true)?,
+            clients,
+            anonymous,
+            trust,
         })
+    }
+
+    /// TLS for an outgoing server-to-server stream from `local` (`direct`: ALPN
+    /// `xmpp-server`, XEP-0368), presenting `local`'s certificate when it has one. The remote
+    /// server's certificate is checked afterwards, with `trust` (see `stream::trust`).
+    pub fn s2s_connector(&self, local: &str, direct: bool) -> tokio_rustls::TlsConnector {
+        let pair = self.clients.get(local).unwrap_or(&self.anonymous);
+        tokio_rustls::TlsConnector::from(pair[usize::from(direct)].clone())
     }
 
     /// Run the server side of a TLS handshake on `io` (direct TLS, or after STARTTLS's
@@ -279,18 +326,26 @@ impl TlsSetup {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.handshake(io, if direct { &self.direct } else { &self.starttls }).await
+        let (stream, bindings, _) = self.handshake(io, if direct { &self.direct } else { &self.starttls }).await?;
+        Ok((stream, bindings))
     }
 
-    /// Direct TLS from another server (XEP-0368, ALPN `xmpp-server`).
-    pub async fn accept_s2s_direct<IO>(&self, io: IO) -> io::Result<TlsStream<IO>>
+    /// TLS from another server, after STARTTLS or direct (XEP-0368, ALPN `xmpp-server`).
+    /// Returns the certificate chain it presented as a client (empty if none), not yet
+    /// checked against any domain.
+    pub async fn accept_s2s<IO>(&self, io: IO, direct: bool) -> io::Result<(TlsStream<IO>, Vec<CertificateDer<'static>>)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        Ok(self.handshake(io, &self.direct_s2s).await?.0)
+        let (stream, _, chain) = self.handshake(io, if direct { &self.direct_s2s } else { &self.starttls_s2s }).await?;
+        Ok((stream, chain))
     }
 
-    async fn handshake<IO>(&self, mut io: IO, config: &Arc<ServerConfig>) -> io::Result<(TlsStream<IO>, ChannelBindings)>
+    async fn handshake<IO>(
+        &self,
+        mut io: IO,
+        config: &Arc<ServerConfig>,
+    ) -> io::Result<(TlsStream<IO>, ChannelBindings, Vec<CertificateDer<'static>>)>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -364,6 +419,7 @@ impl TlsSetup {
                 Step::Done => break,
             }
         }
+        let chain = owned_chain(conn.peer_certificates());
         let (secrets, schedule) = conn.dangerous_into_kernel_connection().map_err(io::Error::other)?;
         let mut exporter = None;
         if let Some(secret) = noted.exporter_secret.as_deref() {
@@ -376,7 +432,7 @@ impl TlsSetup {
         // Only the bytes of a record begun: the handshake's buffer is dropped here.
         let partial = incoming[..used].to_vec();
         let stream = TlsStream::new(io, secrets, schedule, early, partial)?;
-        Ok((stream, bindings))
+        Ok((stream, bindings, chain))
     }
 }
 

@@ -409,13 +409,18 @@ impl Client {
     }
 
     pub async fn starttls(&mut self) {
+        self.starttls_with(tls_connector(None)).await
+    }
+
+    /// STARTTLS with a TLS client of the caller's (one presenting a certificate, say).
+    pub async fn starttls_with(&mut self, connector: tokio_rustls::TlsConnector) {
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
         let p = self.recv().await;
         assert!(p.is("proceed", ns::TLS), "{p}");
         let rd = self.reader.take().unwrap().into_inner().unwrap();
         let t = rd.unsplit(self.writer.take().unwrap());
         let ClientTransport::Plain(tcp) = t else { panic!("already TLS") };
-        let tls = tls_connector(None).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
         (self.exporter, self.end_point) = bindings(&tls);
         let (rd, wr) = tokio::io::split(ClientTransport::Tls(Box::new(tls)));
         self.reader = Some(XmlReader::new(rd, Limits { max_element_bytes: 16 << 20, max_depth: 128 }));
@@ -474,6 +479,21 @@ impl Client {
         self.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{data}</auth>")).await;
         let r = self.recv().await;
         if r.is("failure", ns::SASL) {
+            return Err(r.elements().next().map(|e| e.name.clone()).unwrap_or_default());
+        }
+        assert!(r.is("success", ns::SASL), "{r}");
+        let rd = self.reader.take().unwrap();
+        self.reader = Some(rd.restart());
+        Ok(())
+    }
+
+    /// SASL EXTERNAL with `data` as the `<auth/>` text as sent ("=" for none): `Err` is the
+    /// failure's condition.
+    pub async fn auth_external(&mut self, data: &str) -> Result<(), String> {
+        self.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{data}</auth>")).await;
+        let r = self.recv().await;
+        if r.is("failure", ns::SASL) {
+            assert_eq!(r.elements().count(), 1, "one condition: {r}");
             return Err(r.elements().next().map(|e| e.name.clone()).unwrap_or_default());
         }
         assert!(r.is("success", ns::SASL), "{r}");

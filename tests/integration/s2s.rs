@@ -2,7 +2,8 @@
 //! this process federate over loopback (static routes instead of DNS), and a raw peer checks
 //! the listener's rules: STARTTLS first, no stanza before dialback, keys checked with the
 //! authoritative server, `<db:verify/>` answered for our own keys, and the stream errors the
-//! RFC names.
+//! RFC names. With certificates from a test CA, the servers authenticate with SASL EXTERNAL
+//! (XEP-0178) instead, and fall back to dialback when a certificate does not fit.
 
 use std::net::SocketAddr;
 
@@ -26,6 +27,14 @@ fn free_port() -> SocketAddr {
 /// the other's domains to the other's s2s listener (set once both listen). `tweak_a` adjusts
 /// A's configuration.
 async fn pair_with(tweak_a: impl FnOnce(&mut starling::config::Config)) -> (TestServer, TestServer) {
+    pair_both(tweak_a, |_| {}).await
+}
+
+/// As `pair_with`, adjusting B's configuration too.
+async fn pair_both(
+    tweak_a: impl FnOnce(&mut starling::config::Config),
+    tweak_b: impl FnOnce(&mut starling::config::Config),
+) -> (TestServer, TestServer) {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let a = TestServer::start_with(Db::Sqlite, |c| {
         c.s2s.enabled = true;
@@ -42,6 +51,7 @@ async fn pair_with(tweak_a: impl FnOnce(&mut starling::config::Config)) -> (Test
         c.s2s.enabled = true;
         c.listen.s2s = vec![any];
         c.s2s.connect_timeout_secs = 5;
+        tweak_b(c);
     })
     .await;
     let (a_addr, b_addr) = (a.s2s.unwrap().to_string(), b.s2s.unwrap().to_string());
@@ -562,6 +572,252 @@ async fn direct_tls_between_servers() {
     let (_, f) = raw_open(&mut c, "b.test", "localhost").await;
     assert!(f.find("starttls", ns::TLS).is_none(), "{f}");
     assert!(f.find("dialback", "urn:xmpp:features:dialback").is_some(), "{f}");
+    a.stop().await;
+    b.stop().await;
+}
+
+// ------------------------------------------------------------ certificates (XEP-0178) ------
+
+/// A test certificate authority, and the files of the certificates it (or nobody) issued.
+struct Pki {
+    dir: std::path::PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+/// A certificate and its key: the files, and the DER for a TLS client of the test's own.
+struct Issued {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let n: u64 = rand::random();
+        let dir = std::env::temp_dir().join(format!("starling-pki-{n:016x}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, "Starling test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = p.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate with DNS-IDs `names`, issued by the CA (or self-signed).
+    fn issue(&self, file: &str, names: &[&str], by_ca: bool) -> Issued {
+        let p = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = if by_ca { p.signed_by(&key, &self.ca, &self.ca_key).unwrap() } else { p.self_signed(&key).unwrap() };
+        let (cert_path, key_path) = (self.dir.join(format!("{file}.crt")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Issued { cert: cert_path, key: key_path, der: cert.der().clone(), key_der: key.serialize_der() }
+    }
+
+    /// Configure `domain`'s certificate and the CA as the trust anchor for other servers.
+    fn use_for(&self, c: &mut starling::config::Config, domain: &str, cert: &Issued) {
+        c.tls.certificates.push(starling::config::CertificateConfig {
+            domain: domain.into(),
+            cert: cert.cert.clone(),
+            key: cert.key.clone(),
+        });
+        c.s2s.ca_file = Some(self.ca_file());
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A TLS client (any server certificate accepted) that presents `cert` as its own.
+fn presenting(cert: &Issued) -> tokio_rustls::TlsConnector {
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_der.clone().into());
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(starling::stream::insecure::accept_any())
+        .with_client_auth_cert(vec![cert.der.clone()], key)
+        .unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
+
+/// A raw peer past STARTTLS with `cert` as its client certificate, as `from` to `to`; returns
+/// the post-TLS features.
+async fn raw_with_cert(addr: SocketAddr, cert: &Issued, from: &str, to: &str) -> (Client, Element) {
+    let mut c = Client::connect(addr).await;
+    raw_open(&mut c, from, to).await;
+    c.starttls_with(presenting(cert)).await;
+    let (_, f) = raw_open(&mut c, from, to).await;
+    (c, f)
+}
+
+fn mechanisms(f: &Element) -> Vec<String> {
+    f.find("mechanisms", ns::SASL).map(|m| m.elements().map(|e| e.text_content()).collect()).unwrap_or_default()
+}
+
+fn auths(s: &TestServer) -> starling::s2s::Authentications {
+    s.running.as_ref().unwrap().server.s2s.authentications()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_authenticate_both_ways_with_sasl_external() {
+    let pki = Pki::new();
+    let (a_cert, b_cert) = (pki.issue("a", &["localhost"], true), pki.issue("b", &["b.test"], true));
+    let (a, b) = pair_both(|c| pki.use_for(c, "localhost", &a_cert), |c| pki.use_for(c, "b.test", &b_cert)).await;
+    let mut alice = a.online("alice", PW, "phone").await;
+    let mut bob = b.online_at("b.test", "bob", PW, "desk").await;
+    alice.send("<message to='bob@b.test' type='chat' id='x1'><body>signed and sealed</body></message>").await;
+    let m = bob.recv_where(|e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("signed and sealed"));
+    bob.send("<message to='alice@localhost' type='chat' id='x2'><body>delivered</body></message>").await;
+    let m = alice.recv_where(|e| e.name == "message").await;
+    assert_eq!(body(&m).as_deref(), Some("delivered"));
+    // Each link authenticated with its certificate; no dialback either way (no key sent, none
+    // checked with an authoritative server).
+    let one_each = starling::s2s::Authentications { external_in: 1, dialback_in: 0, external_out: 1, dialback_out: 0 };
+    assert_eq!(auths(&a), one_each);
+    assert_eq!(auths(&b), one_each);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_domain_falls_back_to_dialback() {
+    let pki = Pki::new();
+    // A's certificate is from the trusted CA, but for a name that is not A's domain.
+    let (a_cert, b_cert) = (pki.issue("a", &["wrong.test"], true), pki.issue("b", &["b.test"], true));
+    let (a, b) = pair_both(|c| pki.use_for(c, "localhost", &a_cert), |c| pki.use_for(c, "b.test", &b_cert)).await;
+    let mut alice = a.online("alice", PW, "phone").await;
+    let mut bob = b.online_at("b.test", "bob", PW, "desk").await;
+    alice.send("<message to='bob@b.test' type='chat' id='w1'><body>by dialback</body></message>").await;
+    assert_eq!(body(&bob.recv_where(|e| e.name == "message").await).as_deref(), Some("by dialback"));
+    bob.send("<message to='alice@localhost' type='chat' id='w2'><body>also</body></message>").await;
+    assert_eq!(body(&alice.recv_where(|e| e.name == "message").await).as_deref(), Some("also"));
+    // A -> B: B does not take A's certificate for localhost and offers no EXTERNAL. B -> A:
+    // B does not take it as localhost's server certificate either, so it does not try.
+    let both_dialback = starling::s2s::Authentications { external_in: 0, dialback_in: 1, external_out: 0, dialback_out: 1 };
+    assert_eq!(auths(&a), both_dialback);
+    assert_eq!(auths(&b), both_dialback);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requiring_valid_certificates_refuses_a_server_without_one() {
+    let pki = Pki::new();
+    let (a_cert, b_cert) = (pki.issue("a", &["wrong.test"], true), pki.issue("b", &["b.test"], true));
+    let (a, b) = pair_both(
+        |c| pki.use_for(c, "localhost", &a_cert),
+        |c| {
+            pki.use_for(c, "b.test", &b_cert);
+            c.s2s.require_valid_certificates = true;
+        },
+    )
+    .await;
+    let mut alice = a.online("alice", PW, "phone").await;
+    let mut bob = b.online_at("b.test", "bob", PW, "desk").await;
+    // B -> A: A's certificate does not authenticate localhost; B sets up no link, and the
+    // stanza comes back.
+    bob.send("<message to='alice@localhost' type='chat' id='r1'><body>hello?</body></message>").await;
+    let e = bob.recv_where(|e| e.name == "message" && e.get_attr("id") == Some("r1")).await;
+    assert_eq!(e.get_attr("type"), Some("error"), "{e}");
+    assert_eq!(error_condition(&e).as_deref(), Some("remote-server-not-found"), "{e}");
+    // A -> B: B refuses A's dialback (not-authorized), so A's link fails the same way.
+    alice.send("<message to='bob@b.test' type='chat' id='r2'><body>hello?</body></message>").await;
+    let e = alice.recv_where(|e| e.name == "message" && e.get_attr("id") == Some("r2")).await;
+    assert_eq!(error_condition(&e).as_deref(), Some("remote-server-not-found"), "{e}");
+    bob.expect_silence(300).await;
+    assert_eq!(auths(&a), Default::default());
+    assert_eq!(auths(&b), Default::default());
+
+    // What A's stream sees: no dialback offered, and a stream error for trying it anyway.
+    let (mut c, f) = raw_with_cert(b.s2s.unwrap(), &a_cert, "localhost", "b.test").await;
+    assert!(f.find("dialback", "urn:xmpp:features:dialback").is_none(), "{f}");
+    assert!(mechanisms(&f).is_empty(), "{f}");
+    c.send(&format!("<db:result xmlns:db='{DB}' from='localhost' to='b.test'>abc</db:result>")).await;
+    assert_eq!(c.stream_error().await, "not-authorized");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_external_failures_are_the_rfc_conditions() {
+    let pki = Pki::new();
+    let a_cert = pki.issue("a", &["localhost"], true);
+    let peer = pki.issue("peer", &["b.test"], true);
+    let (a, b) = pair_with(|c| pki.use_for(c, "localhost", &a_cert)).await;
+    let mut alice = a.online("alice", PW, "phone").await;
+    let addr = a.s2s.unwrap();
+
+    // Before TLS nothing is offered, and EXTERNAL needs it (RFC 6120 section 6.4.5).
+    let mut c = Client::connect(addr).await;
+    let (_, f) = raw_open(&mut c, "b.test", "localhost").await;
+    assert!(mechanisms(&f).is_empty(), "{f}");
+    assert_eq!(c.auth_external("=").await, Err("encryption-required".into()));
+
+    // A certificate for b.test from the trusted CA: EXTERNAL is offered beside dialback.
+    let (mut c, f) = raw_with_cert(addr, &peer, "b.test", "localhost").await;
+    assert_eq!(mechanisms(&f), ["EXTERNAL"], "{f}");
+    assert!(f.find("dialback", "urn:xmpp:features:dialback").is_some(), "{f}");
+    // Another domain as the authorization identity: invalid-authzid (XEP-0178 section 3).
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    assert_eq!(c.auth_external(&b64("evil.test")).await, Err("invalid-authzid".into()));
+    // Not base64: incorrect-encoding. Another mechanism: invalid-mechanism.
+    assert_eq!(c.auth_external("!!not base64!!").await, Err("incorrect-encoding".into()));
+    c.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>").await;
+    let r = c.recv().await;
+    assert!(r.is("failure", ns::SASL) && r.find("invalid-mechanism", ns::SASL).is_some(), "{r}");
+    // Still no stanza allowed; then the right authzid (in another case) succeeds, and the
+    // restarted stream offers no SASL again.
+    assert_eq!(c.auth_external(&b64("B.test")).await, Ok(()));
+    let (_, f) = raw_open(&mut c, "b.test", "localhost").await;
+    assert!(mechanisms(&f).is_empty(), "{f}");
+    c.send("<message from='bob@b.test' to='alice@localhost' type='chat' id='e1'><body>by certificate</body></message>").await;
+    let m = alice.recv_where(|e| e.name == "message" && e.get_attr("id") == Some("e1")).await;
+    assert_eq!(body(&m).as_deref(), Some("by certificate"));
+    // The pair is b.test -> localhost only.
+    c.send("<message from='bob@b.test' to='x@example.test' type='chat'><body>elsewhere</body></message>").await;
+    assert_eq!(c.stream_error().await, "host-unknown");
+    assert_eq!(auths(&a).external_in, 1);
+
+    // The same certificate claiming another domain: no EXTERNAL, and not-authorized if tried.
+    let (mut c, f) = raw_with_cert(addr, &peer, "other.test", "localhost").await;
+    assert!(mechanisms(&f).is_empty(), "{f}");
+    assert_eq!(c.auth_external("=").await, Err("not-authorized".into()));
+    // The stream stays open for dialback (section 3, step 11).
+    c.send(&format!("<db:result xmlns:db='{DB}' from='other.test' to='nowhere.test'>abc</db:result>")).await;
+    let r = c.recv_where(|e| e.is("result", DB)).await;
+    assert_eq!(r.get_attr("type"), Some("error"), "{r}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_certificate_is_not_trusted() {
+    let pki = Pki::new();
+    let a_cert = pki.issue("a", &["localhost"], true);
+    let self_signed = pki.issue("self", &["b.test"], false);
+    let (a, b) = pair_with(|c| pki.use_for(c, "localhost", &a_cert)).await;
+    let (mut c, f) = raw_with_cert(a.s2s.unwrap(), &self_signed, "b.test", "localhost").await;
+    assert!(mechanisms(&f).is_empty(), "a certificate nobody vouches for: {f}");
+    assert!(f.find("dialback", "urn:xmpp:features:dialback").is_some(), "{f}");
+    assert_eq!(c.auth_external("=").await, Err("not-authorized".into()));
+    // And no certificate at all is no better.
+    let (mut c, _) = raw_tls(a.s2s.unwrap(), "b.test", "localhost").await;
+    assert_eq!(c.auth_external("=").await, Err("not-authorized".into()));
+    assert_eq!(auths(&a).external_in, 0);
     a.stop().await;
     b.stop().await;
 }
