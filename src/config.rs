@@ -241,6 +241,26 @@ pub struct ServerConfig {
     /// How long a clean shutdown waits for streams to close, in seconds.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+    /// Threads that run the streams (tokio workers); 0: half the machine's cores, at least one
+    /// (see `ServerConfig::worker_threads`).
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// The number of stream threads: `workers`, or half the cores, at least one. The other
+    /// half is left to what each message also costs outside them: the kernel's network
+    /// stack, SQLite's writer and checkpoints, password hashing. On two cores one worker
+    /// measured less CPU per message and per room delivery than two (the second worker is
+    /// woken to steal each fan-out and parks again: 15 to 25% more CPU for a room of 10),
+    /// and more messages per second at saturation (bench/OPTIMISATIONS.md).
+    pub fn worker_threads(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (cores / 2).max(1)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -643,6 +663,16 @@ mod tests {
         let text = include_str!("../config.example.toml");
         let cfg = Config::parse(text).unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(cfg.server.hosts, vec!["localhost".to_string()]);
+    }
+
+    #[test]
+    fn stream_threads_are_half_the_cores_unless_set() {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cfg = Config::parse("").unwrap();
+        assert_eq!(cfg.server.workers, 0);
+        assert_eq!(cfg.server.worker_threads(), (cores / 2).max(1));
+        let cfg = Config::parse("[server]\nworkers = 3\n").unwrap();
+        assert_eq!(cfg.server.worker_threads(), 3);
     }
 
     #[test]
