@@ -53,6 +53,19 @@ pub fn render(server: &Server, bosh_sessions: &bosh::Sessions) -> String {
         "Federation: outgoing links (one per pair of domains, up or being set up) and incoming streams that verified a domain.",
         &[("{direction=\"out\"}", server.s2s.link_count() as f64), ("{direction=\"in\"}", server.s2s.incoming_count() as f64)],
     );
+    let a = server.s2s.authentications();
+    metric(
+        &mut out,
+        "starling_s2s_authentications_total",
+        "counter",
+        "Federation: domain pairs authenticated, by way (SASL EXTERNAL with a certificate, XEP-0178, or dialback, XEP-0220) and direction.",
+        &[
+            ("{method=\"external\",direction=\"in\"}", a.external_in as f64),
+            ("{method=\"dialback\",direction=\"in\"}", a.dialback_in as f64),
+            ("{method=\"external\",direction=\"out\"}", a.external_out as f64),
+            ("{method=\"dialback\",direction=\"out\"}", a.dialback_out as f64),
+        ],
+    );
     let routed: Vec<(String, f64)> = c.routed_totals().iter().map(|(k, v)| (format!("{{kind=\"{k}\"}}"), *v as f64)).collect();
     let routed: Vec<(&str, f64)> = routed.iter().map(|(l, v)| (l.as_str(), *v)).collect();
     metric(&mut out, "starling_stanzas_routed_total", "counter", "Stanzas through the router, by kind.", &routed);

@@ -92,7 +92,11 @@ async fn messages_presence_and_queries_cross_between_two_servers() {
     let (sa, sb) = (&a.running.as_ref().unwrap().server, &b.running.as_ref().unwrap().server);
     assert_eq!(sa.s2s.link_count(), 1);
     assert_eq!(sb.s2s.incoming_count(), 1);
-    assert!(starling::http::metrics::render(sb, &Default::default()).contains("starling_s2s_links{direction=\"in\"} 1"));
+    let metrics = starling::http::metrics::render(sb, &Default::default());
+    assert!(metrics.contains("starling_s2s_links{direction=\"in\"} 1"));
+    // Self-signed certificates: authenticated by dialback, and counted so.
+    assert!(metrics.contains("starling_s2s_authentications_total{method=\"dialback\",direction=\"in\"} 1"), "{metrics}");
+    assert!(metrics.contains("starling_s2s_authentications_total{method=\"external\",direction=\"in\"} 0"), "{metrics}");
 
     // B -> A.
     bob.send(&format!("<message to='{alice_jid}' type='chat' id='m2'><body>hello back</body></message>")).await;
