@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -23,7 +23,7 @@ use crate::stanza::{new_id, Stanza};
 use crate::stream::tls::Transport;
 use crate::xml::{escape, ns, Element, Limits, XmlError, XmlEvent, XmlReader};
 
-type Reader = Box<XmlReader<ReadHalf<Transport>>>;
+use crate::stream::{read_next, Reader};
 type Writer = WriteHalf<Transport>;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -173,12 +173,7 @@ impl Conn {
 
     /// Read the remote server's header, answer with ours and the features.
     async fn open(&mut self, reader: &mut Reader) -> Result<(), Option<StreamError>> {
-        let h = match reader.next().await {
-            Ok(XmlEvent::StreamOpen(h)) => h,
-            Ok(_) => return Err(Some(StreamError::NotWellFormed)),
-            Err(XmlError::Eof | XmlError::Io(_)) => return Err(None),
-            Err(e) => return Err(Some(StreamError::from(&e))),
-        };
+        let h = crate::stream::read_header(reader).await?;
         let to = h.attr("to").map(|t| t.to_ascii_lowercase()).unwrap_or_else(|| self.server.config.default_host().to_string());
         let versioned = h.attr("version").is_some_and(|v| v.starts_with('1'));
         self.id = new_id();
@@ -534,11 +529,6 @@ async fn ask_authoritative(server: &Server, local: &str, remote: &str, id: &str,
     };
     s.close().await;
     verdict
-}
-
-async fn read_next(mut reader: Reader) -> (Reader, Result<XmlEvent, XmlError>) {
-    let ev = reader.next().await;
-    (reader, ev)
 }
 
 /// A dialback error (XEP-0220 section 2.4), for peers that announced `<errors/>` support and

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -17,7 +17,7 @@ use crate::session::Deliver;
 use crate::stream::tls::Transport;
 use crate::xml::{ns, Element, Limits, XmlError, XmlEvent, XmlReader};
 
-type Reader = Box<XmlReader<ReadHalf<Transport>>>;
+use crate::stream::{read_next, Reader};
 type Writer = WriteHalf<Transport>;
 
 /// Writes that take longer than this mean the remote server stopped reading.
@@ -395,11 +395,6 @@ enum End {
     Closed,
     Error(StreamError),
     Lost,
-}
-
-async fn read_next(mut reader: Reader) -> (Reader, Result<XmlEvent, XmlError>) {
-    let ev = reader.next().await;
-    (reader, ev)
 }
 
 async fn serve(server: &Server, s: OutStream, rx: &mut mailbox::Receiver) -> End {

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -36,7 +36,7 @@ use crate::xml::{ns, Element, Limits, StreamHeader, XmlError, XmlEvent, XmlReade
 
 /// Boxed: the reader moves between the negotiation, the session and its pending read, and a
 /// session future would otherwise keep room for it in several places.
-pub(crate) type Reader = Box<XmlReader<ReadHalf<Transport>>>;
+use crate::stream::{read_next, Reader};
 pub(crate) type Writer = WriteHalf<Transport>;
 
 /// Writes that take longer than this mean the peer stopped reading.
@@ -657,14 +657,6 @@ enum End {
     Error(StreamError, Option<Element>),
     /// Another connection resumes this session (the current one is a ghost).
     Resume(Box<ResumeRequest>),
-}
-
-/// Parse the next event off a connection. The future owns the reader and gives it back, so
-/// the session loop can keep one pending read across its turns (a read is never cancelled
-/// half-way) without a second task or a channel per session.
-async fn read_next(mut reader: Reader) -> (Reader, Result<XmlEvent, XmlError>) {
-    let ev = reader.next().await;
-    (reader, ev)
 }
 
 /// What woke a session loop.

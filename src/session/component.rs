@@ -17,7 +17,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -51,7 +51,7 @@ pub const MODULE: Module = Module {
 /// Writes that take longer than this mean the component stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Reader = Box<XmlReader<ReadHalf<Transport>>>;
+use crate::stream::{read_next, Reader};
 type Writer = WriteHalf<Transport>;
 
 /// The configured components and the connection of each, when it has one.
@@ -195,11 +195,6 @@ enum End {
     Error(StreamError),
 }
 
-async fn read_next(mut reader: Reader) -> (Reader, Result<XmlEvent, XmlError>) {
-    let ev = reader.next().await;
-    (reader, ev)
-}
-
 impl Link {
     async fn write_out(&mut self) -> Result<(), ()> {
         let r = crate::stream::write_within(&mut self.writer, self.out.as_bytes(), WRITE_TIMEOUT).await;
@@ -222,12 +217,7 @@ impl Link {
 
     /// Stream header and handshake (XEP-0114 section 3). `Err(None)`: the peer went away.
     async fn handshake(&mut self, reader: &mut Reader) -> Result<(), Option<StreamError>> {
-        let h = match reader.next().await {
-            Ok(XmlEvent::StreamOpen(h)) => h,
-            Ok(_) => return Err(Some(StreamError::NotWellFormed)),
-            Err(XmlError::Eof | XmlError::Io(_)) => return Err(None),
-            Err(e) => return Err(Some(StreamError::from(&e))),
-        };
+        let h = crate::stream::read_header(reader).await?;
         let to = h.attr("to").map(|t| t.to_ascii_lowercase()).unwrap_or_default();
         if h.ns != ns::STREAM || h.default_ns != NS_ACCEPT {
             return Err(Some(StreamError::InvalidNamespace));

@@ -105,7 +105,7 @@ impl SmState {
 /// A new connection asking to take over a hibernating (or ghost) session. Sent boxed, so the
 /// channel that carries it and the session loop waiting on it stay pointer-sized.
 pub struct ResumeRequest {
-    pub reader: super::c2s::Reader,
+    pub reader: crate::stream::Reader,
     pub writer: super::c2s::Writer,
     /// The client's "h": stanzas it handled from the old stream.
     pub h: u32,

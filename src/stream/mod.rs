@@ -7,9 +7,32 @@ pub mod trust;
 
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::xml::escape;
+use crate::error::StreamError;
+use crate::xml::{escape, StreamHeader, XmlError, XmlEvent, XmlReader};
+
+/// A link's XML reader, boxed: it moves between negotiation, the session and its pending read.
+pub type Reader = Box<XmlReader<tokio::io::ReadHalf<tls::Transport>>>;
+
+/// Parse the next event off a connection. The future owns the reader and gives it back, so a
+/// link's loop can keep one pending read across its turns (a read is never cancelled half-way)
+/// without a second task or a channel per connection.
+pub async fn read_next(mut reader: Reader) -> (Reader, Result<XmlEvent, XmlError>) {
+    let ev = reader.next().await;
+    (reader, ev)
+}
+
+/// The peer's stream header, as the receiving side of a link reads it: anything else is
+/// `not-well-formed`, bad XML its stream error, and `Err(None)` means the peer went away.
+pub async fn read_header<R: AsyncRead + Unpin>(reader: &mut XmlReader<R>) -> Result<StreamHeader, Option<StreamError>> {
+    match reader.next().await {
+        Ok(XmlEvent::StreamOpen(h)) => Ok(h),
+        Ok(_) => Err(Some(StreamError::NotWellFormed)),
+        Err(XmlError::Eof | XmlError::Io(_)) => Err(None),
+        Err(e) => Err(Some(StreamError::from(&e))),
+    }
+}
 
 /// Write and flush `bytes` within `limit`: `Err` when the peer stopped reading or the
 /// connection failed (the links' one way of writing a batch).
