@@ -55,8 +55,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
 /// Every SQLite connection's settings. WAL: readers never wait for the writer; NORMAL sync is
 /// durable against a crash of the process. busy_timeout: writers queue instead of failing.
 /// journal_size_limit: a WAL file that grew in a burst is cut back to 64 MiB when it starts over.
+/// No memory map: in WAL mode a connection that sees another's commit drops its whole mapping
+/// (`munmap`, a TLB shootdown across cores) and faults the pages in again, which on a server that
+/// archives all the time was every checkpoint and nearly every read; pages come through the page
+/// cache instead.
 pub(crate) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; \
-    PRAGMA mmap_size=268435456; PRAGMA cache_size=-16384; PRAGMA journal_size_limit=67108864;";
+    PRAGMA mmap_size=0; PRAGMA cache_size=-16384; PRAGMA journal_size_limit=67108864;";
 
 #[derive(Clone)]
 pub struct Storage {
