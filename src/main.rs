@@ -51,6 +51,14 @@ enum UserCmd {
         #[command(flatten)]
         pw: PasswordSource,
     },
+    /// Create many accounts: one `user@host password` per line (the password is the rest of
+    /// the line after the first run of spaces or tabs), from FILE or standard input. Blank lines
+    /// and lines starting with `#` are skipped; accounts that exist already are left as they
+    /// are. Passwords are hashed on every core.
+    Import {
+        /// The list (default: standard input).
+        file: Option<PathBuf>,
+    },
     /// List accounts.
     List {
         /// Only this host.
@@ -142,6 +150,7 @@ async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
                 Err(format!("{node}@{host} does not exist"))
             }
         }
+        UserCmd::Import { file } => import_users(cfg, &storage, file.as_deref()).await,
         UserCmd::List { host } => {
             for (h, u) in storage.list_users(host.as_deref()).await.map_err(|e| e.to_string())? {
                 println!("{u}@{h}");
@@ -151,6 +160,67 @@ async fn user_command(cfg: &Config, action: UserCmd) -> Result<(), String> {
     };
     storage.close().await;
     r
+}
+
+/// `starling user import`: every line checked first, then the hashes made in parallel, then
+/// the accounts created one by one; a line in error is reported and the others go on.
+async fn import_users(cfg: &Config, storage: &Storage, file: Option<&std::path::Path>) -> Result<(), String> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?,
+        None => std::io::read_to_string(std::io::stdin()).map_err(|e| e.to_string())?,
+    };
+    let mut errors = 0usize;
+    let mut wanted: Vec<(String, String, &str)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (jid, password) = match line.split_once([' ', '\t']) {
+            Some((j, p)) => (j, p.trim_start_matches([' ', '\t']).trim_end_matches('\r')),
+            None => (line, ""),
+        };
+        match cfg.local_account(jid) {
+            Ok(_) if password.is_empty() => {
+                eprintln!("line {}: {jid}: no password", n + 1);
+                errors += 1;
+            }
+            Ok((_, host, node)) => wanted.push((host, node, password)),
+            Err(e) => {
+                eprintln!("line {}: {e}", n + 1);
+                errors += 1;
+            }
+        }
+    }
+    let iterations = cfg.auth.scram_iterations;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(wanted.len().max(1));
+    let creds: Vec<Credentials> = std::thread::scope(|s| {
+        let chunk = wanted.len().div_ceil(threads).max(1);
+        let parts: Vec<_> = wanted
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(|(_, _, p)| Credentials::new(p, iterations)).collect::<Vec<_>>()))
+            .collect();
+        parts.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    if creds.len() != wanted.len() {
+        return Err("hashing the passwords failed".into());
+    }
+    let (mut created, mut existed) = (0usize, 0usize);
+    for ((host, node, _), c) in wanted.iter().zip(&creds) {
+        match storage.create_user(host, node, c).await {
+            Ok(true) => created += 1,
+            Ok(false) => existed += 1,
+            Err(e) => {
+                eprintln!("{node}@{host}: {e}");
+                errors += 1;
+            }
+        }
+    }
+    println!("created {created}, already there {existed}, refused {errors}");
+    if errors > 0 {
+        return Err(format!("{errors} line(s) refused"));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

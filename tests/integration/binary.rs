@@ -61,6 +61,20 @@ async fn zero_config_start_accounts_and_sigterm() {
     assert_eq!(out.lines().collect::<Vec<_>>(), vec!["alice@localhost", "bob@localhost"]);
     let (ok, _, err) = run(&dir, &["user", "add", "carol@elsewhere.example", "--password", "x"], None);
     assert!(!ok && err.contains("not a host"), "{err}");
+    // Bulk import: the good lines are created, an existing account is left alone, the bad
+    // lines are reported and make the command fail.
+    let list =
+        "# accounts\n\ncarol@localhost \tpass word\nalice@localhost other\nerin@elsewhere.example x\ndave@localhost\nfrank@localhost f\n";
+    let (ok, out, err) = run(&dir, &["user", "import"], Some(list));
+    assert!(!ok, "{out}{err}");
+    assert!(out.contains("created 2, already there 1, refused 2"), "{out}{err}");
+    assert!(err.contains("line 5: erin@elsewhere.example") || err.contains("line 5: elsewhere.example"), "{err}");
+    assert!(err.contains("line 6: dave@localhost: no password"), "{err}");
+    let (ok, out, _) = run(&dir, &["user", "list"], None);
+    assert!(ok);
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["alice@localhost", "bob@localhost", "carol@localhost", "frank@localhost"]);
+    let (ok, out, err) = run(&dir, &["user", "import"], Some("frank@localhost f\n"));
+    assert!(ok && out.contains("created 0, already there 1, refused 0"), "{out}{err}");
 
     let mut server = Command::new(BIN).arg("serve").current_dir(&dir).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_for_port(5222).await;
@@ -76,6 +90,12 @@ async fn zero_config_start_accounts_and_sigterm() {
     let mut d = Client::connect_tls("127.0.0.1:5223".parse().unwrap()).await;
     d.open("localhost").await;
     d.auth_scram("bob", "builder", Hash::Sha1, None).await.unwrap();
+    let mut e = Client::connect_tls("127.0.0.1:5223".parse().unwrap()).await;
+    e.open("localhost").await;
+    e.auth_scram("carol", "pass word", Hash::Sha256, None).await.expect("an imported account logs in with its password");
+    let mut e = Client::connect_tls("127.0.0.1:5223".parse().unwrap()).await;
+    e.open("localhost").await;
+    assert_eq!(e.auth_scram("alice", "other", Hash::Sha256, None).await.unwrap_err(), "not-authorized", "import left alice as she was");
 
     assert!(Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap().success());
     assert_eq!(c.stream_error().await, "system-shutdown");
