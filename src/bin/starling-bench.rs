@@ -153,6 +153,21 @@ enum Scenario {
         /// Seconds to wait for messages still in flight after sending stops.
         #[arg(long, default_value_t = 10)]
         drain: u64,
+        /// Measured runs on the same sessions, 2 s apart; server CPU per 1,000 messages is
+        /// their median (each run's figure is listed too), latencies cover all runs.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Seconds of sending before the measured runs, at the same rate, not counted: the
+        /// server's caches and buffers reach the state they keep under that load.
+        #[arg(long, default_value_t = 0)]
+        warmup: u64,
+        /// Grow the background sessions in these steps (comma-separated, the last being
+        /// --background) on a fresh server, and measure memory per session at each step as the
+        /// idle scenario does (one idle result line per step, 20 warm-up logins, 5 s of settling)
+        /// before the chat: the idle and the many-sessions chat cases then share one login of
+        /// all those sessions.
+        #[arg(long, value_delimiter = ',')]
+        idle_steps: Vec<usize>,
     },
     /// R group chats (XEP-0045) of N occupants each: senders post groupchat messages at a fixed
     /// total rate (or at saturation) and every occupant counts and times what the room delivers.
@@ -301,6 +316,10 @@ struct Target {
     /// Worker threads of the generator.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Do not run: print the case's result line with this reason (a run a script decided to
+    /// leave out, so that the report says so). Group chat only.
+    #[arg(long)]
+    not_run: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -900,24 +919,65 @@ fn finish(mut m: serde_json::Map<String, Value>) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
+/// Sessions held open by `hold` tasks until `stop` is sent.
+struct Held {
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    dropped: Arc<AtomicUsize>,
+    holders: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Held {
+    fn new() -> Held {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        Held { stop_tx, stop_rx, dropped: Arc::default(), holders: Arc::default() }
+    }
+
+    /// Log `users` in and hold them; (successes, failures, first error, login latencies).
+    async fn add(&self, users: Vec<(String, String)>, concurrency: usize) -> (usize, usize, Option<String>, Vec<u64>) {
+        let (holders, dropped, rx) = (self.holders.clone(), self.dropped.clone(), self.stop_rx.clone());
+        login_many(users, concurrency, move |_, s| holders.lock().unwrap().push(hold(s, rx.clone(), dropped.clone()))).await
+    }
+
+    fn up(&self) -> usize {
+        self.holders.lock().unwrap().len().saturating_sub(self.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Close every held session.
+    async fn close(&self) {
+        let _ = self.stop_tx.send(true);
+        let handles = std::mem::take(&mut *self.holders.lock().unwrap());
+        for h in handles {
+            let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+        }
+    }
+}
+
 /// Grow to each of `sizes` sessions in turn on the same server, measuring at each step against
 /// the same "before" (taken once, after a warm-up), so memory freed by an earlier run cannot be
-/// reused and counted as free. Prints one JSON line per step; returns the last.
-async fn idle(mut sizes: Vec<usize>, resources: usize, concurrency: usize, settle: u64, warmup: usize) -> Value {
+/// reused and counted as free. Session i is account `first + i / resources + 1`. One result per
+/// step; the sessions stay in `held`.
+async fn grow_idle(
+    held: &Held,
+    first: usize,
+    sizes: &[usize],
+    resources: usize,
+    concurrency: usize,
+    settle: u64,
+    warmup: usize,
+) -> Vec<Value> {
     let c = ctx();
     let pid = c.t.server_pid;
     let resources = resources.max(1);
-    sizes.sort_unstable();
-    sizes.dedup();
     let largest = sizes.last().copied().unwrap_or(0);
-    let needed = largest.div_ceil(resources);
+    let needed = first + largest.div_ceil(resources);
     if needed > c.t.accounts || largest == 0 {
         let mut m = base("idle", format!("idle, {largest} sessions ({resources} resources per account)"));
         m.insert("error".into(), json!(format!("{needed} accounts needed, {} available", c.t.accounts)));
-        return finish(m);
+        return vec![finish(m)];
     }
     if warmup > 0 {
-        let users = (0..warmup).map(|i| (account(i % needed.max(1) + 1), format!("w{i}"))).collect();
+        let users = (0..warmup).map(|i| (account(first + i % (needed - first).max(1) + 1), format!("w{i}"))).collect();
         let _ = login_many(users, 4, |_, s| {
             tokio::spawn(s.close());
         })
@@ -925,10 +985,7 @@ async fn idle(mut sizes: Vec<usize>, resources: usize, concurrency: usize, settl
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let (rss0, pss0) = proc_mem_kib(pid);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let dropped = Arc::new(AtomicUsize::new(0));
-    let holders: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::with_capacity(largest)));
-    let (mut prev, mut failed_total, mut result) = (0, 0, Value::Null);
+    let (mut prev, mut failed_total, mut results) = (0, 0, Vec::new());
     for (step, &sessions) in sizes.iter().enumerate() {
         let mut m = base("idle", format!("idle, {sessions} sessions ({resources} resources per account)"));
         m.insert("sessions".into(), json!(sessions));
@@ -936,23 +993,18 @@ async fn idle(mut sizes: Vec<usize>, resources: usize, concurrency: usize, settl
         if sizes.len() > 1 {
             m.insert("step".into(), json!(format!("{} of {}, grown from {prev} on the same server", step + 1, sizes.len())));
         }
-        let users = (prev..sessions).map(|i| (account(i / resources + 1), format!("r{}", i % resources))).collect();
+        let users = (prev..sessions).map(|i| (account(first + i / resources + 1), format!("r{}", i % resources))).collect();
         let cpu0 = proc_cpu_s(pid);
         let other = OtherLoad::start(pid);
         let t0 = Instant::now();
-        let (ok, failed, err, mut lat) = {
-            let holders = holders.clone();
-            let dropped = dropped.clone();
-            let rx = stop_rx.clone();
-            login_many(users, concurrency, move |_, s| holders.lock().unwrap().push(hold(s, rx.clone(), dropped.clone()))).await
-        };
+        let (ok, failed, err, mut lat) = held.add(users, concurrency).await;
         let setup = t0.elapsed().as_secs_f64();
         let cpu1 = proc_cpu_s(pid);
         m.insert("other_cpu_cores".into(), other.cores(pid));
         tokio::time::sleep(Duration::from_secs(settle)).await;
         let (rss1, pss1) = proc_mem_kib(pid);
         failed_total += failed;
-        let up = holders.lock().unwrap().len().saturating_sub(dropped.load(Ordering::Relaxed));
+        let up = held.up();
         m.insert("sessions_up".into(), json!(up));
         m.insert("login_failures".into(), json!(failed_total));
         if let Some(e) = err {
@@ -982,18 +1034,25 @@ async fn idle(mut sizes: Vec<usize>, resources: usize, concurrency: usize, settl
                 m.insert("pss_per_session_kib".into(), json!(round((b as f64 - a as f64) / up as f64, 2)));
             }
         }
-        result = finish(m);
-        if step + 1 < sizes.len() {
-            println!("{result}");
-        }
+        results.push(finish(m));
         prev = sessions;
     }
-    let _ = stop_tx.send(true);
-    let handles = std::mem::take(&mut *holders.lock().unwrap());
-    for h in handles {
-        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
+    results
+}
+
+/// The idle scenario: `grow_idle` from the first account, then every session closed. Prints a
+/// result line per step but the last, which it returns.
+async fn idle(mut sizes: Vec<usize>, resources: usize, concurrency: usize, settle: u64, warmup: usize) -> Value {
+    sizes.sort_unstable();
+    sizes.dedup();
+    let held = Held::new();
+    let mut results = grow_idle(&held, 0, &sizes, resources, concurrency, settle, warmup).await;
+    held.close().await;
+    let last = results.pop().unwrap_or(Value::Null);
+    for r in results {
+        println!("{r}");
     }
-    result
+    last
 }
 
 async fn login_scenario(count: usize, concurrency: usize) -> Value {
@@ -1059,6 +1118,9 @@ struct ChatArgs {
     resources: usize,
     concurrency: usize,
     drain: u64,
+    repeat: usize,
+    warmup: u64,
+    idle_steps: Vec<usize>,
 }
 
 async fn chat(a: ChatArgs) -> Value {
@@ -1083,17 +1145,25 @@ async fn chat(a: ChatArgs) -> Value {
         m.insert("error".into(), json!(format!("{needed} accounts needed, {} available", c.t.accounts)));
         return finish(m);
     }
-    // Background sessions first.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let dropped = Arc::new(AtomicUsize::new(0));
-    let holders: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
-    if a.background > 0 {
+    // Background sessions first (grown in steps and measured as the idle scenario does, when
+    // asked: one idle result line per step, printed as it comes).
+    let held = Held::new();
+    let (stop_tx, stop_rx) = (held.stop_tx.clone(), held.stop_rx.clone());
+    if !a.idle_steps.is_empty() {
+        let mut steps = a.idle_steps.clone();
+        steps.sort_unstable();
+        steps.dedup();
+        if steps.last() != Some(&a.background) {
+            m.insert("error".into(), json!("the last of --idle-steps must be --background"));
+            return finish(m);
+        }
+        for r in grow_idle(&held, n, &steps, resources, a.concurrency, 5, 20).await {
+            println!("{r}");
+        }
+        m.insert("background_up".into(), json!(held.up()));
+    } else if a.background > 0 {
         let users = (0..a.background).map(|i| (account(n + i / resources + 1), format!("bg{}", i % resources))).collect();
-        let holders = holders.clone();
-        let dropped = dropped.clone();
-        let rx = stop_rx.clone();
-        let (ok, _, err, _) =
-            login_many(users, a.concurrency, move |_, s| holders.lock().unwrap().push(hold(s, rx.clone(), dropped.clone()))).await;
+        let (ok, _, err, _) = held.add(users, a.concurrency).await;
         m.insert("background_up".into(), json!(ok));
         if let Some(e) = err {
             m.insert("first_error".into(), json!(e));
@@ -1115,30 +1185,33 @@ async fn chat(a: ChatArgs) -> Value {
     let bare: Vec<String> = sessions.iter().map(|s| s.jid.split('/').next().unwrap_or("").to_string()).collect();
     let received = Arc::new(AtomicU64::new(0));
     let sems: Arc<Vec<Semaphore>> = Arc::new((0..n).map(|_| Semaphore::new(a.window.max(1))).collect());
-    let pad = "x".repeat(a.body.saturating_sub(24));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu0 = proc_cpu_s(pid);
-    let other = OtherLoad::start(pid);
-    let t0 = Instant::now();
-    let start = tokio::time::Instant::now() + Duration::from_millis(100);
-    let end = start + Duration::from_secs(a.seconds);
+    let pad = "x".repeat(a.body.saturating_sub(26));
+    // Run 0 is the warm-up when there is one: sent and received like the others, not counted.
+    let warm = usize::from(a.warmup > 0);
+    let runs = a.repeat.max(1) + warm;
+    // Readers live through every run; each latency is kept with the run its message belongs to
+    // (the body carries the run's number).
     let mut readers = Vec::with_capacity(n);
-    let mut senders = Vec::with_capacity(n);
+    let mut writers = Vec::with_capacity(n);
+    let mut replies = Vec::with_capacity(n);
     for (i, s) in sessions.into_iter().enumerate() {
-        let Session { mut rd, mut wr, .. } = s;
+        let Session { mut rd, wr, .. } = s;
         let mut stop = stop_rx.clone();
         let received = received.clone();
         let rsems = sems.clone();
-        let (reply_tx, mut reply_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (reply_tx, reply_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         readers.push(tokio::spawn(async move {
-            let mut lat: Vec<u64> = Vec::new();
+            let mut lat: Vec<Vec<u64>> = vec![Vec::new(); runs];
             loop {
                 tokio::select! {
                     ev = rd.next() => match ev {
                         Ok(XmlEvent::Element(e)) => {
                             if let Some(b) = body_of(&e) {
-                                if let Some(t) = b.strip_prefix("bench ").and_then(|r| r.split(' ').next()).and_then(|t| t.parse::<u64>().ok()) {
-                                    lat.push(now_us().saturating_sub(t));
+                                let mut f = b.strip_prefix("bench ").unwrap_or("").split(' ');
+                                if let (Some(Ok(t)), Some(Ok(r))) = (f.next().map(str::parse::<u64>), f.next().map(str::parse::<usize>)) {
+                                    if let Some(v) = lat.get_mut(r) {
+                                        v.push(now_us().saturating_sub(t));
+                                    }
                                     received.fetch_add(1, Ordering::Relaxed);
                                     rsems[i ^ 1].add_permits(1);
                                 }
@@ -1154,106 +1227,177 @@ async fn chat(a: ChatArgs) -> Value {
             }
             lat
         }));
-        let to = bare[i ^ 1].clone();
-        let pad = pad.clone();
-        let sems = sems.clone();
-        let (rate, n_f) = (a.rate, n as f64);
-        senders.push(tokio::spawn(async move {
-            let mut sent = 0u64;
-            let mut failed = None;
-            let send = |seq: u64| format!("<message to='{to}' type='chat' id='m{i}-{seq}'><body>bench {} {pad}</body></message>", now_us());
-            if rate > 0.0 {
-                let period = Duration::from_secs_f64(n_f / rate);
-                let mut iv = tokio::time::interval_at(start + Duration::from_secs_f64(i as f64 / rate), period);
-                iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                loop {
-                    let at = iv.tick().await;
-                    if at >= end {
-                        break;
-                    }
-                    while let Ok(r) = reply_rx.try_recv() {
-                        let _ = write(&mut wr, &r).await;
-                    }
-                    if let Err(e) = write(&mut wr, &send(sent)).await {
-                        failed = Some(e);
-                        break;
-                    }
-                    sent += 1;
-                }
-            } else {
-                tokio::time::sleep_until(start).await;
-                loop {
-                    tokio::select! {
-                        p = sems[i].acquire() => {
-                            if let Ok(p) = p { p.forget() }
-                        }
-                        _ = tokio::time::sleep_until(end) => break,
-                    }
-                    if let Err(e) = write(&mut wr, &send(sent)).await {
-                        failed = Some(e);
-                        break;
-                    }
-                    sent += 1;
-                }
-            }
-            (sent, wr, failed)
-        }));
+        writers.push(wr);
+        replies.push(reply_rx);
     }
+    let mut other = None;
     let mut sent = 0u64;
-    let mut writers = Vec::with_capacity(n);
     let mut send_err = None;
-    for s in senders {
-        if let Ok((k, wr, e)) = s.await {
-            sent += k;
-            writers.push(wr);
-            if e.is_some() && send_err.is_none() {
-                send_err = e;
+    let mut run_cpu: Vec<Option<f64>> = Vec::with_capacity(runs);
+    let mut run_sent: Vec<u64> = Vec::with_capacity(runs);
+    let mut send_secs = 0.0;
+    for run in 0..runs {
+        tokio::time::sleep(Duration::from_millis(if run == 0 { 500 } else { 2000 })).await;
+        if run == warm {
+            other = Some(OtherLoad::start(pid));
+        }
+        let cpu0 = proc_cpu_s(pid);
+        let t0 = Instant::now();
+        let start = tokio::time::Instant::now() + Duration::from_millis(100);
+        let end = start + Duration::from_secs(if run < warm { a.warmup } else { a.seconds });
+        let mut senders = Vec::with_capacity(n);
+        for (i, (mut wr, mut reply_rx)) in std::mem::take(&mut writers).into_iter().zip(std::mem::take(&mut replies)).enumerate() {
+            let to = bare[i ^ 1].clone();
+            let pad = pad.clone();
+            let sems = sems.clone();
+            let (rate, n_f) = (a.rate, n as f64);
+            senders.push(tokio::spawn(async move {
+                let mut sent = 0u64;
+                let mut failed = None;
+                let send = |seq: u64| {
+                    format!("<message to='{to}' type='chat' id='m{run}-{i}-{seq}'><body>bench {} {run} {pad}</body></message>", now_us())
+                };
+                if rate > 0.0 {
+                    // Sender i sends at start + i/rate + k*period, for as long as that is before
+                    // the end: the run stops when the last message is due, not a period later.
+                    let period = Duration::from_secs_f64(n_f / rate);
+                    let mut at = start + Duration::from_secs_f64(i as f64 / rate);
+                    while at < end {
+                        tokio::time::sleep_until(at).await;
+                        while let Ok(r) = reply_rx.try_recv() {
+                            let _ = write(&mut wr, &r).await;
+                        }
+                        if let Err(e) = write(&mut wr, &send(sent)).await {
+                            failed = Some(e);
+                            break;
+                        }
+                        sent += 1;
+                        at += period;
+                    }
+                } else {
+                    tokio::time::sleep_until(start).await;
+                    loop {
+                        tokio::select! {
+                            p = sems[i].acquire() => {
+                                if let Ok(p) = p { p.forget() }
+                            }
+                            _ = tokio::time::sleep_until(end) => break,
+                        }
+                        if let Err(e) = write(&mut wr, &send(sent)).await {
+                            failed = Some(e);
+                            break;
+                        }
+                        sent += 1;
+                    }
+                }
+                (sent, wr, reply_rx, failed)
+            }));
+        }
+        let mut this_sent = 0u64;
+        for s in senders {
+            if let Ok((k, wr, rx, e)) = s.await {
+                this_sent += k;
+                writers.push(wr);
+                replies.push(rx);
+                if e.is_some() && send_err.is_none() {
+                    send_err = e;
+                }
             }
         }
+        sent += this_sent;
+        send_secs += t0.elapsed().as_secs_f64();
+        let drain_deadline = Instant::now() + Duration::from_secs(a.drain);
+        while received.load(Ordering::Relaxed) < sent && Instant::now() < drain_deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cpu1 = proc_cpu_s(pid);
+        run_cpu.push(cpu0.zip(cpu1).map(|(x, y)| y - x));
+        run_sent.push(this_sent);
+        if writers.len() < n {
+            break;
+        }
     }
-    let send_secs = t0.elapsed().as_secs_f64();
-    let drain_deadline = Instant::now() + Duration::from_secs(a.drain);
-    while received.load(Ordering::Relaxed) < sent && Instant::now() < drain_deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Some(o) = other {
+        m.insert("other_cpu_cores".into(), o.cores(pid));
     }
-    let cpu1 = proc_cpu_s(pid);
-    m.insert("other_cpu_cores".into(), other.cores(pid));
     let _ = stop_tx.send(true);
-    let mut lat = Vec::new();
+    let mut per_run: Vec<Vec<u64>> = vec![Vec::new(); runs];
     for r in readers {
         if let Ok(v) = r.await {
-            lat.extend(v);
+            for (k, l) in v.into_iter().enumerate() {
+                per_run[k].extend(l);
+            }
         }
     }
+    // The warm-up's messages count in nothing but `warmup_sent`.
+    let warm_sent = if warm > 0 { run_sent[0] } else { 0 };
+    let (per_run, run_cpu, run_sent) = (&mut per_run[warm..], &run_cpu[warm.min(run_cpu.len())..], &run_sent[warm.min(run_sent.len())..]);
+    let sent = sent - warm_sent;
+    let mut lat: Vec<u64> = per_run.iter().flatten().copied().collect();
     lat.sort_unstable();
     let delivered = lat.len() as u64;
+    let measured = per_run.len();
     m.insert("sent".into(), json!(sent));
     m.insert("delivered".into(), json!(delivered));
     m.insert("lost".into(), json!(sent.saturating_sub(delivered)));
-    m.insert("send_rate".into(), json!(round(sent as f64 / a.seconds.max(1) as f64, 1)));
+    m.insert("send_rate".into(), json!(round(sent as f64 / (a.seconds.max(1) * measured as u64) as f64, 1)));
     m.insert("send_seconds".into(), json!(round(send_secs, 2)));
+    if warm > 0 {
+        m.insert("warmup_s".into(), json!(a.warmup));
+        m.insert("warmup_sent".into(), json!(warm_sent));
+    }
     if let Some(e) = send_err {
         m.insert("send_error".into(), json!(e));
     }
     m.insert("latency_p50_ms".into(), ms(quantile(&lat, 0.5)));
     m.insert("latency_p99_ms".into(), ms(quantile(&lat, 0.99)));
     m.insert("latency_max_ms".into(), ms(lat.last().copied()));
-    if let (Some(x), Some(y)) = (cpu0, cpu1) {
-        m.insert("server_cpu_s".into(), json!(round(y - x, 3)));
-        if delivered > 0 {
-            m.insert("server_cpu_s_per_1000".into(), json!(round((y - x) * 1000.0 / delivered as f64, 4)));
+    // Server CPU per 1,000 delivered messages, run by run; the headline is their median.
+    let mut per_1000: Vec<f64> = Vec::new();
+    let mut p99s: Vec<Value> = Vec::new();
+    for (k, l) in per_run.iter_mut().enumerate() {
+        l.sort_unstable();
+        p99s.push(ms(quantile(l, 0.99)));
+        if let Some(Some(cpu)) = run_cpu.get(k) {
+            if !l.is_empty() {
+                per_1000.push(cpu * 1000.0 / l.len() as f64);
+            }
         }
+    }
+    let total_cpu: Option<f64> = run_cpu.iter().copied().sum();
+    if let Some(cpu) = total_cpu {
+        m.insert("server_cpu_s".into(), json!(round(cpu, 3)));
+    }
+    if !per_1000.is_empty() {
+        m.insert("server_cpu_s_per_1000".into(), json!(round(median(&per_1000), 4)));
+    }
+    if measured > 1 {
+        m.insert("runs".into(), json!(measured));
+        m.insert("server_cpu_s_per_1000_runs".into(), json!(per_1000.iter().map(|v| round(*v, 4)).collect::<Vec<_>>()));
+        m.insert("latency_p99_ms_runs".into(), json!(p99s));
+        m.insert("sent_runs".into(), json!(run_sent));
     }
     let result = finish(m);
     for mut w in writers {
         let _ = w.write_all(b"</stream:stream>").await;
         let _ = w.shutdown().await;
     }
-    let handles = std::mem::take(&mut *holders.lock().unwrap());
-    for h in handles {
-        let _ = tokio::time::timeout(Duration::from_secs(5), h).await;
-    }
+    held.close().await;
     result
+}
+
+/// The median of some figures (the mean of the middle two for an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let k = s.len() / 2;
+    if s.is_empty() {
+        0.0
+    } else if s.len() % 2 == 1 {
+        s[k]
+    } else {
+        (s[k - 1] + s[k]) / 2.0
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1701,6 +1845,10 @@ async fn room(a: RoomArgs) -> Value {
     m.insert("seconds".into(), json!(a.seconds));
     m.insert("grace_s".into(), json!(a.drain));
     m.insert("body_bytes".into(), json!(a.body));
+    if let Some(why) = &c.t.not_run {
+        m.insert("not_run".into(), json!(why));
+        return finish(m);
+    }
     let total = nr * n;
     if total == 0 || c.t.accounts == 0 {
         m.insert("error".into(), json!(format!("no occupants: {nr} rooms of {n}, {} accounts", c.t.accounts)));
@@ -2471,7 +2619,9 @@ fn metrics(scenario: &str) -> &'static [(&'static str, &'static str, i8)] {
             ("latency_p50_ms", "latency p50, ms", -1),
             ("latency_p99_ms", "latency p99, ms", -1),
             ("latency_max_ms", "latency max, ms", -1),
-            ("server_cpu_s_per_1000", "server CPU per 1,000 messages, s", -1),
+            ("server_cpu_s_per_1000", "server CPU per 1,000 messages (the median run's), s", -1),
+            ("server_cpu_s_per_1000_runs", "server CPU per 1,000 messages in each run, s", 0),
+            ("latency_p99_ms_runs", "latency p99 in each run, ms", 0),
             ("other_cpu_cores", "other processes' CPU meanwhile, cores", 0),
         ],
         "room" => &[
@@ -2528,6 +2678,7 @@ fn cell(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => "n/a".into(),
         Some(Value::String(s)) => s.replace('|', "\\|"),
+        Some(Value::Array(a)) => a.iter().map(|v| cell(Some(v))).collect::<Vec<_>>().join(", "),
         Some(v) => v.to_string(),
     }
 }
@@ -2608,7 +2759,7 @@ fn report(files: &[PathBuf], subjects: &[String]) -> Result<String, String> {
     // A ratio only between two runs that completed.
     let ratio = |case: &str, key: &str, (a, b): &(String, String)| -> String {
         let (Some(a), Some(b)) = (find(a, case), find(b, case)) else { return String::new() };
-        if a.get("error").is_some() || b.get("error").is_some() {
+        if [a, b].iter().any(|r| r.get("error").is_some() || r.get("not_run").is_some()) {
             return String::new();
         }
         match (a.get(key).and_then(|v| v.as_f64()), b.get(key).and_then(|v| v.as_f64())) {
@@ -2629,7 +2780,9 @@ fn report(files: &[PathBuf], subjects: &[String]) -> Result<String, String> {
                 .iter()
                 .map(|srv| {
                     let r = find(srv, case);
-                    if r.is_some_and(|r| r.get("error").is_some()) {
+                    if r.is_some_and(|r| r.get("not_run").is_some()) {
+                        "not run".to_string()
+                    } else if r.is_some_and(|r| r.get("error").is_some()) {
                         "failed".to_string()
                     } else {
                         cell(r.and_then(|r| r.get(*key)))
@@ -2651,6 +2804,7 @@ fn report(files: &[PathBuf], subjects: &[String]) -> Result<String, String> {
         keys.push(("mech", "SASL mechanism", 0));
         keys.push(("tls", "TLS", 0));
         keys.push(("error", "error", 0));
+        keys.push(("not_run", "not run, because", 0));
         for (key, label, better) in keys {
             if !has(case, key) {
                 continue;
@@ -2710,8 +2864,14 @@ fn main() -> std::process::ExitCode {
     let bounds = match &scenario {
         Scenario::Idle { sessions, .. } => sessions.iter().all(|n| *n <= MAX_SESSIONS),
         Scenario::Login { count, .. } => *count <= MAX_COUNT,
-        Scenario::Chat { pairs, seconds, rate, .. } => {
-            pairs * 2 <= MAX_SESSIONS && *seconds <= MAX_SECONDS && rate.is_finite() && *rate >= 0.0
+        Scenario::Chat { pairs, seconds, rate, repeat, warmup, idle_steps, .. } => {
+            pairs * 2 <= MAX_SESSIONS
+                && idle_steps.iter().all(|n| *n <= MAX_SESSIONS)
+                && *seconds <= MAX_SECONDS
+                && *warmup <= MAX_SECONDS
+                && rate.is_finite()
+                && *rate >= 0.0
+                && (1..=10).contains(repeat)
         }
         Scenario::Room { rooms, occupants, rate, seconds, drain, settle, room_prefix, .. } => {
             *rooms >= 1
@@ -2751,8 +2911,36 @@ fn main() -> std::process::ExitCode {
                     idle(sessions, resources, concurrency, settle, warmup).await
                 }
                 Scenario::Login { count, concurrency, .. } => login_scenario(count, concurrency).await,
-                Scenario::Chat { pairs, rate, seconds, window, body, background, resources, concurrency, drain, .. } => {
-                    chat(ChatArgs { pairs, rate, seconds, window, body, background, resources, concurrency, drain }).await
+                Scenario::Chat {
+                    pairs,
+                    rate,
+                    seconds,
+                    window,
+                    body,
+                    background,
+                    resources,
+                    concurrency,
+                    drain,
+                    repeat,
+                    warmup,
+                    idle_steps,
+                    ..
+                } => {
+                    chat(ChatArgs {
+                        pairs,
+                        rate,
+                        seconds,
+                        window,
+                        body,
+                        background,
+                        resources,
+                        concurrency,
+                        drain,
+                        repeat,
+                        warmup,
+                        idle_steps,
+                    })
+                    .await
                 }
                 Scenario::Room {
                     rooms,
