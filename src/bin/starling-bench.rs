@@ -126,48 +126,8 @@ enum Scenario {
     Chat {
         #[command(flatten)]
         t: Target,
-        /// Pairs of sessions (accounts 1..2P).
-        #[arg(long)]
-        pairs: usize,
-        /// Total offered messages per second; 0 = saturation (each sender keeps --window in flight).
-        #[arg(long)]
-        rate: f64,
-        /// Seconds of sending.
-        #[arg(long)]
-        seconds: u64,
-        /// Messages in flight per sender at saturation (--rate 0).
-        #[arg(long, default_value_t = 4)]
-        window: usize,
-        /// Body size in bytes.
-        #[arg(long, default_value_t = 100)]
-        body: usize,
-        /// Extra idle sessions online during the run (accounts after the pairs', --resources each).
-        #[arg(long, default_value_t = 0)]
-        background: usize,
-        /// Resources per account for the background sessions.
-        #[arg(long, default_value_t = 4)]
-        resources: usize,
-        /// Logins in flight while setting up.
-        #[arg(long, default_value_t = 50)]
-        concurrency: usize,
-        /// Seconds to wait for messages still in flight after sending stops.
-        #[arg(long, default_value_t = 10)]
-        drain: u64,
-        /// Measured runs on the same sessions, 2 s apart; server CPU per 1,000 messages is
-        /// their median (each run's figure is listed too), latencies cover all runs.
-        #[arg(long, default_value_t = 1)]
-        repeat: usize,
-        /// Seconds of sending before the measured runs, at the same rate, not counted: the
-        /// server's caches and buffers reach the state they keep under that load.
-        #[arg(long, default_value_t = 0)]
-        warmup: u64,
-        /// Grow the background sessions in these steps (comma-separated, the last being
-        /// --background) on a fresh server, and measure memory per session at each step as the
-        /// idle scenario does (one idle result line per step, 20 warm-up logins, 5 s of settling)
-        /// before the chat: the idle and the many-sessions chat cases then share one login of
-        /// all those sessions.
-        #[arg(long, value_delimiter = ',')]
-        idle_steps: Vec<usize>,
+        #[command(flatten)]
+        a: ChatArgs,
     },
     /// R group chats (XEP-0045) of N occupants each: senders post groupchat messages at a fixed
     /// total rate (or at saturation) and every occupant counts and times what the room delivers.
@@ -1108,18 +1068,50 @@ fn body_of(e: &Element) -> Option<String> {
     e.find("body", ns::CLIENT).map(|b| b.text_content())
 }
 
+/// The chat scenario's parameters.
+#[derive(Args, Clone)]
 struct ChatArgs {
+    /// Pairs of sessions (accounts 1..2P).
+    #[arg(long)]
     pairs: usize,
+    /// Total offered messages per second; 0 = saturation (each sender keeps --window in flight).
+    #[arg(long)]
     rate: f64,
+    /// Seconds of sending.
+    #[arg(long)]
     seconds: u64,
+    /// Messages in flight per sender at saturation (--rate 0).
+    #[arg(long, default_value_t = 4)]
     window: usize,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 100)]
     body: usize,
+    /// Extra idle sessions online during the run (accounts after the pairs', --resources each).
+    #[arg(long, default_value_t = 0)]
     background: usize,
+    /// Resources per account for the background sessions.
+    #[arg(long, default_value_t = 4)]
     resources: usize,
+    /// Logins in flight while setting up.
+    #[arg(long, default_value_t = 50)]
     concurrency: usize,
+    /// Seconds to wait for messages still in flight after sending stops.
+    #[arg(long, default_value_t = 10)]
     drain: u64,
+    /// Measured runs on the same sessions, 2 s apart; server CPU per 1,000 messages is
+    /// their median (each run's figure is listed too), latencies cover all runs.
+    #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Seconds of sending before the measured runs, at the same rate, not counted: the
+    /// server's caches and buffers reach the state they keep under that load.
+    #[arg(long, default_value_t = 0)]
     warmup: u64,
+    /// Grow the background sessions in these steps (comma-separated, the last being
+    /// --background) on a fresh server, and measure memory per session at each step as the
+    /// idle scenario does (one idle result line per step, 20 warm-up logins, 5 s of settling)
+    /// before the chat: the idle and the many-sessions chat cases then share one login of
+    /// all those sessions.
+    #[arg(long, value_delimiter = ',')]
     idle_steps: Vec<usize>,
 }
 
@@ -2864,14 +2856,14 @@ fn main() -> std::process::ExitCode {
     let bounds = match &scenario {
         Scenario::Idle { sessions, .. } => sessions.iter().all(|n| *n <= MAX_SESSIONS),
         Scenario::Login { count, .. } => *count <= MAX_COUNT,
-        Scenario::Chat { pairs, seconds, rate, repeat, warmup, idle_steps, .. } => {
-            pairs * 2 <= MAX_SESSIONS
-                && idle_steps.iter().all(|n| *n <= MAX_SESSIONS)
-                && *seconds <= MAX_SECONDS
-                && *warmup <= MAX_SECONDS
-                && rate.is_finite()
-                && *rate >= 0.0
-                && (1..=10).contains(repeat)
+        Scenario::Chat { a, .. } => {
+            a.pairs * 2 <= MAX_SESSIONS
+                && a.idle_steps.iter().all(|n| *n <= MAX_SESSIONS)
+                && a.seconds <= MAX_SECONDS
+                && a.warmup <= MAX_SECONDS
+                && a.rate.is_finite()
+                && a.rate >= 0.0
+                && (1..=10).contains(&a.repeat)
         }
         Scenario::Room { rooms, occupants, rate, seconds, drain, settle, room_prefix, .. } => {
             *rooms >= 1
@@ -2911,37 +2903,7 @@ fn main() -> std::process::ExitCode {
                     idle(sessions, resources, concurrency, settle, warmup).await
                 }
                 Scenario::Login { count, concurrency, .. } => login_scenario(count, concurrency).await,
-                Scenario::Chat {
-                    pairs,
-                    rate,
-                    seconds,
-                    window,
-                    body,
-                    background,
-                    resources,
-                    concurrency,
-                    drain,
-                    repeat,
-                    warmup,
-                    idle_steps,
-                    ..
-                } => {
-                    chat(ChatArgs {
-                        pairs,
-                        rate,
-                        seconds,
-                        window,
-                        body,
-                        background,
-                        resources,
-                        concurrency,
-                        drain,
-                        repeat,
-                        warmup,
-                        idle_steps,
-                    })
-                    .await
-                }
+                Scenario::Chat { a, .. } => chat(a).await,
                 Scenario::Room {
                     rooms,
                     occupants,
