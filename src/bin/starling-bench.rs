@@ -915,17 +915,20 @@ impl Held {
 
 /// Grow to each of `sizes` sessions in turn on the same server, measuring at each step against
 /// the same "before" (taken once, after a warm-up), so memory freed by an earlier run cannot be
-/// reused and counted as free. Session i is account `first + i / resources + 1`. One result per
-/// step; the sessions stay in `held`.
+/// reused and counted as free. Session i is account `first + i / resources + 1`. Each step's
+/// result line is printed as it comes, but the last, which is returned; the sessions stay in
+/// `held`.
 async fn grow_idle(
     held: &Held,
     first: usize,
-    sizes: &[usize],
+    mut sizes: Vec<usize>,
     resources: usize,
     concurrency: usize,
     settle: u64,
     warmup: usize,
-) -> Vec<Value> {
+) -> Value {
+    sizes.sort_unstable();
+    sizes.dedup();
     let c = ctx();
     let pid = c.t.server_pid;
     let resources = resources.max(1);
@@ -934,7 +937,7 @@ async fn grow_idle(
     if needed > c.t.accounts || largest == 0 {
         let mut m = base("idle", format!("idle, {largest} sessions ({resources} resources per account)"));
         m.insert("error".into(), json!(format!("{needed} accounts needed, {} available", c.t.accounts)));
-        return vec![finish(m)];
+        return finish(m);
     }
     if warmup > 0 {
         let users = (0..warmup).map(|i| (account(first + i % (needed - first).max(1) + 1), format!("w{i}"))).collect();
@@ -945,7 +948,7 @@ async fn grow_idle(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let (rss0, pss0) = proc_mem_kib(pid);
-    let (mut prev, mut failed_total, mut results) = (0, 0, Vec::new());
+    let (mut prev, mut failed_total, mut result) = (0, 0, Value::Null);
     for (step, &sessions) in sizes.iter().enumerate() {
         let mut m = base("idle", format!("idle, {sessions} sessions ({resources} resources per account)"));
         m.insert("sessions".into(), json!(sessions));
@@ -994,24 +997,20 @@ async fn grow_idle(
                 m.insert("pss_per_session_kib".into(), json!(round((b as f64 - a as f64) / up as f64, 2)));
             }
         }
-        results.push(finish(m));
+        result = finish(m);
+        if step + 1 < sizes.len() {
+            println!("{result}");
+        }
         prev = sessions;
     }
-    results
+    result
 }
 
-/// The idle scenario: `grow_idle` from the first account, then every session closed. Prints a
-/// result line per step but the last, which it returns.
-async fn idle(mut sizes: Vec<usize>, resources: usize, concurrency: usize, settle: u64, warmup: usize) -> Value {
-    sizes.sort_unstable();
-    sizes.dedup();
+/// The idle scenario: `grow_idle` from the first account, then every session closed.
+async fn idle(sizes: Vec<usize>, resources: usize, concurrency: usize, settle: u64, warmup: usize) -> Value {
     let held = Held::new();
-    let mut results = grow_idle(&held, 0, &sizes, resources, concurrency, settle, warmup).await;
+    let last = grow_idle(&held, 0, sizes, resources, concurrency, settle, warmup).await;
     held.close().await;
-    let last = results.pop().unwrap_or(Value::Null);
-    for r in results {
-        println!("{r}");
-    }
     last
 }
 
@@ -1142,16 +1141,11 @@ async fn chat(a: ChatArgs) -> Value {
     let held = Held::new();
     let (stop_tx, stop_rx) = (held.stop_tx.clone(), held.stop_rx.clone());
     if !a.idle_steps.is_empty() {
-        let mut steps = a.idle_steps.clone();
-        steps.sort_unstable();
-        steps.dedup();
-        if steps.last() != Some(&a.background) {
+        if a.idle_steps.iter().max() != Some(&a.background) {
             m.insert("error".into(), json!("the last of --idle-steps must be --background"));
             return finish(m);
         }
-        for r in grow_idle(&held, n, &steps, resources, a.concurrency, 5, 20).await {
-            println!("{r}");
-        }
+        println!("{}", grow_idle(&held, n, a.idle_steps.clone(), resources, a.concurrency, 5, 20).await);
         m.insert("background_up".into(), json!(held.up()));
     } else if a.background > 0 {
         let users = (0..a.background).map(|i| (account(n + i / resources + 1), format!("bg{}", i % resources))).collect();
