@@ -18,6 +18,11 @@
 //!   the payloads of the one before it are written.
 //! - a session without a request for `inactivity` seconds (`http.bosh_inactivity_secs`, 60)
 //!   is ended, as a dropped TCP connection would be (stream management can resume it).
+//! - a request with `pause='N'` (section 12; at most `maxpause`, 120 s) is answered at once,
+//!   empty, with the held request: the session then ends only after N seconds without a
+//!   request, and the next request brings the usual `inactivity` back. Such a request, like a
+//!   `terminate`, may be one more than `requests` allows (section 13). Its payloads, if any,
+//!   go into the stream; what the session has to say waits for the next request.
 //!
 //! The link counts as secure (`secure='true'`
 //! is not required of the client): TLS, where there is any, ends before this listener.
@@ -45,7 +50,11 @@ pub const NS_XBOSH: &str = "urn:xmpp:xbosh";
 pub const MODULE: Module = Module {
     name: "bosh",
     specs: &[
-        Spec { id: "XEP-0124", title: "Bidirectional-streams Over Synchronous HTTP (BOSH)", note: "`/http-bind`; hold 1, requests 2" },
+        Spec {
+            id: "XEP-0124",
+            title: "Bidirectional-streams Over Synchronous HTTP (BOSH)",
+            note: "`/http-bind`; hold 1, requests 2, maxpause 120",
+        },
         Spec { id: "XEP-0206", title: "XMPP Over BOSH", note: "restarts, terminate; the session is the TCP one" },
     ],
     host_features: &[],
@@ -57,6 +66,8 @@ pub const MODULE: Module = Module {
 const MAX_WAIT: u64 = 60;
 const HOLD: u64 = 1;
 const REQUESTS: u64 = HOLD + 1;
+/// Longest pause a client may ask for (section 12), in seconds.
+const MAX_PAUSE: u64 = 120;
 /// Shortest polling interval, for clients that do not hold requests.
 const POLLING: u64 = 2;
 /// Bytes in flight on the pipe between this binding and the session.
@@ -119,6 +130,8 @@ struct Link {
     last_request: Option<Instant>,
     /// Requests being answered now.
     busy: usize,
+    /// A pause the client asked for: the inactivity allowed until its next request.
+    pause: Option<Duration>,
 }
 
 impl Session {
@@ -240,7 +253,8 @@ async fn create(server: Arc<Server>, sessions: Arc<Sessions>, peer: SocketAddr, 
     let inactivity = session.inactivity.as_secs();
     let mut out = format!(
         "<body xmlns='{NS_HTTPBIND}' xmlns:xmpp='{NS_XBOSH}' xmlns:stream='{}' sid='{sid}' wait='{wait}' requests='{REQUESTS}' \
-         hold='{hold}' inactivity='{inactivity}' polling='{POLLING}' ver='{}' from='{}' authid='{}' secure='true' \
+         hold='{hold}' inactivity='{inactivity}' maxpause='{MAX_PAUSE}' polling='{POLLING}' ver='{}' from='{}' authid='{}' \
+         secure='true' \
          xmpp:version='1.0' xmpp:restartlogic='true'>",
         ns::STREAM,
         escape(ver),
@@ -261,6 +275,15 @@ fn header(to: &str, lang: &str) -> String {
 
 /// A request of an open session: its payloads in, then what the session has to say.
 async fn payload(sessions: &Sessions, s: Arc<Session>, el: &Element, rid: u64) -> Response {
+    let terminating = el.get_attr("type") == Some("terminate");
+    let pause = match el.get_attr("pause").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(secs)) => Some(Duration::from_secs(secs)),
+        Some(Err(_)) => {
+            end(sessions, &s);
+            return terminate("bad-request");
+        }
+    };
     // In rid order: a request that overtook the one before it waits for its turn.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(s.wait.max(1));
     loop {
@@ -296,13 +319,16 @@ async fn payload(sessions: &Sessions, s: Arc<Session>, el: &Element, rid: u64) -
             end(sessions, &s);
             return terminate("item-not-found");
         }
-        if st.busy >= REQUESTS as usize {
+        // A pause or a terminate may be one request more than `requests` (section 13).
+        let extra = usize::from(pause.is_some() || terminating);
+        if st.busy >= REQUESTS as usize + extra || pause.is_some_and(|p| p > Duration::from_secs(MAX_PAUSE)) {
             drop(st);
             end(sessions, &s);
             return terminate("policy-violation");
         }
         st.last_rid = rid;
         st.last_request = Some(Instant::now());
+        st.pause = pause;
         st.busy += 1;
         st.held.take()
     };
@@ -310,7 +336,6 @@ async fn payload(sessions: &Sessions, s: Arc<Session>, el: &Element, rid: u64) -
     if let Some(r) = release {
         let _ = r.send(());
     }
-    let terminating = el.get_attr("type") == Some("terminate");
     // XEP-0206 section 5: xmpp:restart='true' (after SASL success) opens a new stream.
     if el.attrs.iter().any(|(k, v)| k.ends_with(":restart") && v == "true") {
         s.write(header(&s.to, &s.lang)).await;
@@ -330,7 +355,10 @@ async fn payload(sessions: &Sessions, s: Arc<Session>, el: &Element, rid: u64) -
         return xml_response(format!("<body xmlns='{NS_HTTPBIND}' type='terminate'/>"));
     }
     let hold = el.elements().next().is_none() && s.wait > 0;
-    let items = if hold {
+    let items = if pause.is_some() {
+        // Answered at once and without payloads (section 12).
+        Vec::new()
+    } else if hold {
         let (tx, rx) = oneshot::channel();
         s.state().held = Some(tx);
         tokio::select! {
@@ -432,7 +460,8 @@ async fn reaper(sessions: Arc<Sessions>, s: Arc<Session>) {
         tokio::time::sleep(every).await;
         let (gone, idle) = {
             let st = s.state();
-            let idle = st.busy == 0 && st.last_request.is_some_and(|t| t.elapsed() > s.inactivity);
+            let allowed = st.pause.unwrap_or(s.inactivity);
+            let idle = st.busy == 0 && st.last_request.is_some_and(|t| t.elapsed() > allowed);
             (sessions.get(&s.sid).is_none(), idle)
         };
         if gone || idle {

@@ -220,4 +220,58 @@ async fn an_idle_session_ends(db: Db) {
     s.stop().await;
 }
 
-crate::on_both!(a_bosh_session, binding_errors, an_idle_session_ends);
+/// Section 12: a pause (at most `maxpause`) answers the held request and itself at once,
+/// without payloads, and lets the session outlive `inactivity` until the next request, which
+/// brings the usual period back. A longer pause is refused.
+async fn a_paused_session_outlives_inactivity(db: Db) {
+    let s = TestServer::start_with(db, |c| {
+        c.http.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        c.http.bosh_inactivity_secs = 1;
+    })
+    .await;
+    s.add_user("alice", PW).await;
+    s.add_user("bob", PW).await;
+    let (mut b, created) = Bosh::create(&s).await;
+    assert_eq!(created.get_attr("maxpause"), Some("120"));
+    b.until(&format!("<auth xmlns='{}' mechanism='PLAIN'>{}</auth>", ns::SASL, plain("alice")), |e| e.ns == ns::SASL).await;
+    b.send_with(&format!("xmpp:restart='true' xmlns:xmpp='{XBOSH}'"), "").await;
+    b.until(
+        &format!("<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='{}'><resource>paused</resource></bind></iq>", ns::BIND),
+        |e| e.name == "iq",
+    )
+    .await;
+    // An empty request is held (wait='5')...
+    b.rid += 1;
+    let (http, url, body) = (b.http.clone(), b.url.clone(), format!("<body rid='{}' sid='{}' xmlns='{BIND}'/>", b.rid, b.sid));
+    let held = tokio::spawn(async move { post(&http, &url, body).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished(), "an empty request is held");
+    // ... and the pause answers it and itself at once.
+    let asked = Instant::now();
+    let paused = b.send_with("pause='4'", "").await;
+    assert_eq!(paused.get_attr("type"), None, "{paused}");
+    assert_eq!(paused.elements().count(), 0, "no payloads in the answer to a pause: {paused}");
+    let held = tokio::time::timeout(Duration::from_secs(2), held).await.expect("the held request is answered").unwrap();
+    assert_eq!(held.get_attr("type"), None, "{held}");
+    assert!(asked.elapsed() < Duration::from_secs(2), "answered at once");
+    // What arrives during the pause waits for the next request.
+    let mut bob = s.online("bob", PW, "tcp").await;
+    bob.send("<message to='alice@localhost/paused' type='chat' id='p1'><body>while paused</body></message>").await;
+    // Twice the inactivity period without a request: the session is still there.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let paused_jid = "alice@localhost/paused".parse().unwrap();
+    assert!(s.running.as_ref().unwrap().server.sessions.get(&paused_jid).is_some(), "the pause keeps the session");
+    let m = b.until("", |e| e.name == "message").await;
+    assert_eq!(m.find("body", ns::CLIENT).map(|e| e.text_content()), Some("while paused".to_string()));
+    // The next request brought the usual period back: without requests the session ends.
+    let gone_after = Instant::now();
+    s.wait_session_gone("alice@localhost/paused").await;
+    assert!(gone_after.elapsed() < Duration::from_secs(4), "ended after the usual inactivity, not the pause");
+    // A pause longer than maxpause ends the session.
+    let (mut c, _) = Bosh::create(&s).await;
+    let refused = c.send_with("pause='121'", "").await;
+    assert_eq!((refused.get_attr("type"), refused.get_attr("condition")), (Some("terminate"), Some("policy-violation")));
+    s.stop().await;
+}
+
+crate::on_both!(a_bosh_session, binding_errors, an_idle_session_ends, a_paused_session_outlives_inactivity);
