@@ -298,8 +298,8 @@ async fn checkpointer(
     // For syncing the database before the writer finishes. Never closed: closing any
     // descriptor of a file drops every POSIX lock the process holds on it, and SQLite's
     // connections hold their shared lock on the database for as long as they are open.
-    let db = match std::fs::File::open(&db) {
-        Ok(f) => Some(Arc::new(std::mem::ManuallyDrop::new(f))),
+    let db: Option<&'static std::fs::File> = match std::fs::File::open(&db) {
+        Ok(f) => Some(Box::leak(Box::new(f))),
         Err(e) => {
             tracing::warn!(error = %e, "opening the database for checkpoints");
             None
@@ -321,7 +321,8 @@ async fn checkpointer(
             let Some((log, done)) = passive_checkpoint(&pool).await else { break };
             // `done` counts the frames checkpointed in the WAL as it was when the pass began
             // (frames committed meanwhile are in `log` only from the next pass); it starts
-            // from zero again after the WAL started over.
+            // from zero again after the WAL started over. The first pass of a round counts
+            // what earlier rounds copied too: at worst one pass more.
             let copied = if done >= backfilled { done - backfilled } else { done };
             backfilled = done;
             match after_pass(pass, log, copied) {
@@ -332,11 +333,11 @@ async fn checkpointer(
                     // end: the pages the pool's passes copied are still to be written, and
                     // the writer's pass would sync them all with commits waiting (32-70 ms
                     // here at 3,000 messages/s). Synced now, it syncs only its own.
-                    if let Some(f) = db.clone() {
-                        match tokio::task::spawn_blocking(move || f.sync_data()).await {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => tracing::warn!(error = %e, "syncing the database before a checkpoint"),
-                            Err(e) => tracing::warn!(error = %e, "syncing the database before a checkpoint"),
+                    if let Some(f) = db {
+                        let synced =
+                            tokio::task::spawn_blocking(move || f.sync_data()).await.map_err(std::io::Error::other).and_then(|r| r);
+                        if let Err(e) = synced {
+                            tracing::warn!(error = %e, "syncing the database before a checkpoint");
                         }
                     }
                     let _ = writer.send(Job::Checkpoint);

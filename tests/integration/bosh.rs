@@ -59,6 +59,18 @@ impl Bosh {
         self.send_with("", payload).await
     }
 
+    /// A session created, authenticated (SASL PLAIN), restarted and bound to `resource`; with
+    /// the session creation response.
+    async fn bound(s: &TestServer, user: &str, resource: &str) -> (Bosh, Element) {
+        let (mut b, created) = Bosh::create(s).await;
+        b.until(&format!("<auth xmlns='{}' mechanism='PLAIN'>{}</auth>", ns::SASL, plain(user)), |e| e.ns == ns::SASL).await;
+        b.send_with(&format!("xmpp:restart='true' xmlns:xmpp='{XBOSH}'"), "").await;
+        let bind =
+            format!("<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='{}'><resource>{resource}</resource></bind></iq>", ns::BIND);
+        b.until(&bind, |e| e.name == "iq").await;
+        (b, created)
+    }
+
     /// Requests (empty after the first) until an answer holds an element `pred` accepts.
     async fn until(&mut self, payload: &str, pred: impl Fn(&Element) -> bool) -> Element {
         let mut b = self.send(payload).await;
@@ -203,15 +215,8 @@ async fn an_idle_session_ends(db: Db) {
     })
     .await;
     s.add_user("alice", PW).await;
-    let (mut b, created) = Bosh::create(&s).await;
+    let (mut b, created) = Bosh::bound(&s, "alice", "idle").await;
     assert_eq!(created.get_attr("inactivity"), Some("1"));
-    b.until(&format!("<auth xmlns='{}' mechanism='PLAIN'>{}</auth>", ns::SASL, plain("alice")), |e| e.ns == ns::SASL).await;
-    b.send_with(&format!("xmpp:restart='true' xmlns:xmpp='{XBOSH}'"), "").await;
-    b.until(
-        &format!("<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='{}'><resource>idle</resource></bind></iq>", ns::BIND),
-        |e| e.name == "iq",
-    )
-    .await;
     assert!(s.running.as_ref().unwrap().server.sessions.get(&"alice@localhost/idle".parse().unwrap()).is_some());
     // No more requests.
     s.wait_session_gone("alice@localhost/idle").await;
@@ -231,15 +236,8 @@ async fn a_paused_session_outlives_inactivity(db: Db) {
     .await;
     s.add_user("alice", PW).await;
     s.add_user("bob", PW).await;
-    let (mut b, created) = Bosh::create(&s).await;
+    let (mut b, created) = Bosh::bound(&s, "alice", "paused").await;
     assert_eq!(created.get_attr("maxpause"), Some("120"));
-    b.until(&format!("<auth xmlns='{}' mechanism='PLAIN'>{}</auth>", ns::SASL, plain("alice")), |e| e.ns == ns::SASL).await;
-    b.send_with(&format!("xmpp:restart='true' xmlns:xmpp='{XBOSH}'"), "").await;
-    b.until(
-        &format!("<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='{}'><resource>paused</resource></bind></iq>", ns::BIND),
-        |e| e.name == "iq",
-    )
-    .await;
     // An empty request is held (wait='5')...
     b.rid += 1;
     let (http, url, body) = (b.http.clone(), b.url.clone(), format!("<body rid='{}' sid='{}' xmlns='{BIND}'/>", b.rid, b.sid));
