@@ -8,6 +8,17 @@ pub fn parse(s: &str) -> Option<Jid> {
     Jid::new(s).ok()
 }
 
+/// The bare part of an address, as a slice of its normalised form: what `to_bare()` would
+/// give, without building (and allocating) a new JID. For comparisons and lookups on the path
+/// of every stanza.
+pub fn bare_str(j: &Jid) -> &str {
+    let s = j.as_str();
+    match j.resource() {
+        Some(r) => &s[..s.len() - r.as_str().len() - 1],
+        None => s,
+    }
+}
+
 /// The node (localpart) of a JID as a plain string, empty for a domain JID.
 pub fn node_str(j: &Jid) -> &str {
     j.node().map(|n| n.as_str()).unwrap_or("")
@@ -44,6 +55,15 @@ mod tests {
         assert_eq!(j.to_string(), "juliet@example.com/Balcony");
         assert!(parse("a@b@c").is_none());
         assert!(parse("").is_none());
+    }
+
+    #[test]
+    fn bare_part() {
+        for (j, bare) in [("a@b/c", "a@b"), ("A@B/c/d", "a@b"), ("a@b", "a@b"), ("b/r@s", "b"), ("b", "b")] {
+            let j = parse(j).unwrap();
+            assert_eq!(bare_str(&j), bare);
+            assert_eq!(bare_str(&j), j.to_bare().as_str());
+        }
     }
 
     #[test]

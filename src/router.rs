@@ -99,7 +99,7 @@ async fn route_now(server: &Server, stanza: Stanza) {
 pub async fn send_from_account(server: &Server, owner: &BareJid, from_session: Option<&FullJid>, mut st: Stanza) {
     modules::mam::strip_forged_ids(&mut st.el, owner.as_str());
     let mut pending = None;
-    if let Some(peer) = st.to.clone().filter(|p| &p.to_bare() != owner) {
+    if let Some(peer) = st.to.clone().filter(|p| jid::bare_str(p) != owner.as_str()) {
         match modules::mam::archive_queued(server, owner, &peer, true, &mut st.el, false).await {
             Ok(p) => pending = p.map(|(_, p)| p),
             Err(e) => tracing::error!(error = ?e, "archiving an outgoing message"),
@@ -160,7 +160,7 @@ fn blocked_outbound(server: &Server, stanza: &Stanza, to: &Jid) -> bool {
     if from.node().is_none() || !server.is_local_domain(from.domain().as_str()) || stanza.is_error() {
         return false;
     }
-    let Some(list) = server.sessions.blocklist(&from.to_bare()) else {
+    let Some(list) = server.sessions.blocklist(jid::bare_str(from)) else {
         return false;
     };
     if !list.iter().any(|item| jid::matches_item(item, to)) {
@@ -202,7 +202,7 @@ async fn to_host(server: &Server, stanza: Stanza, host: String) {
 /// Is `from` blocked by the local account `owner`? Uses the in-memory list when the account is
 /// online, the database otherwise.
 async fn blocked_inbound(server: &Server, owner: &BareJid, from: &Jid) -> bool {
-    let list = match server.sessions.blocklist(owner) {
+    let list = match server.sessions.blocklist(owner.as_str()) {
         Some(l) => l,
         None => match server.storage.blocklist(owner.as_str()).await {
             Ok(l) => Arc::new(l.iter().filter_map(|s| jid::parse(s)).collect()),
@@ -217,7 +217,7 @@ async fn blocked_inbound(server: &Server, owner: &BareJid, from: &Jid) -> bool {
 
 async fn to_local(server: &Server, stanza: Stanza, bare: BareJid, full: Option<FullJid>) {
     if let Some(from) = &stanza.from {
-        if from.to_bare() != bare && blocked_inbound(server, &bare, from).await {
+        if jid::bare_str(from) != bare.as_str() && blocked_inbound(server, &bare, from).await {
             let get_or_set = matches!(stanza.typ(), Some("get") | Some("set"));
             if stanza.kind == Kind::Message && !stanza.is_error() || stanza.kind == Kind::Iq && get_or_set {
                 bounce(server, &stanza, Condition::ServiceUnavailable).await;

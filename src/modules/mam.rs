@@ -124,17 +124,17 @@ async fn prefs_of(server: &Server, owner: &BareJid) -> std::sync::Arc<Prefs> {
 }
 
 /// Does `owner`'s preference allow archiving a message exchanged with `peer`?
-async fn allowed(server: &Server, owner: &BareJid, peer: &BareJid) -> bool {
+async fn allowed(server: &Server, owner: &BareJid, peer: &str) -> bool {
     let p = prefs_of(server, owner).await;
-    if p.never.iter().any(|j| j == peer.as_str()) {
+    if p.never.iter().any(|j| j == peer) {
         return false;
     }
-    if p.always.iter().any(|j| j == peer.as_str()) {
+    if p.always.iter().any(|j| j == peer) {
         return true;
     }
     match p.default_mode.as_str() {
         "never" => false,
-        "roster" => server.storage.roster_item(owner.as_str(), peer.as_str()).await.ok().flatten().is_some(),
+        "roster" => server.storage.roster_item(owner.as_str(), peer).await.ok().flatten().is_some(),
         _ => true,
     }
 }
@@ -172,7 +172,7 @@ pub async fn archive_queued(
     el: &mut Element,
     stamp: bool,
 ) -> Result<Option<(String, PendingWrite)>, StanzaError> {
-    if !server.config.archive.enabled || !archivable(el) || !allowed(server, owner, &peer.to_bare()).await {
+    if !server.config.archive.enabled || !archivable(el) || !allowed(server, owner, crate::jid::bare_str(peer)).await {
         return Ok(None);
     }
     submit(server, owner, peer, outgoing, el, stamp).map(Some)
@@ -189,7 +189,7 @@ pub fn submit(
     stamp: bool,
 ) -> Result<(String, PendingWrite), StanzaError> {
     let origin_id = el.find("origin-id", NS_SID).and_then(|o| o.get_attr("id")).map(String::from);
-    let (owner, peer_bare, peer_full) = (owner.to_string(), peer.to_bare().to_string(), peer.to_string());
+    let (owner, peer_bare, peer_full) = (owner.to_string(), crate::jid::bare_str(peer).to_string(), peer.to_string());
     let mut sid = String::new();
     // Runs under the archive writer's queue lock: the id comes first, the stanza id and the
     // serialized stanza carrying it are made from it.

@@ -148,7 +148,7 @@ enum Step {
 impl Conn {
     async fn flush(&mut self) -> Result<(), ()> {
         let Some(w) = self.writer.as_mut() else { return Err(()) };
-        let r = crate::stream::write_within(w, self.out.as_bytes(), WRITE_TIMEOUT).await;
+        let r = crate::stream::write_within(w, self.out.as_bytes(), WRITE_TIMEOUT).await.map_err(drop);
         self.out.clear();
         r
     }

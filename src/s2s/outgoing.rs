@@ -478,7 +478,7 @@ async fn serve(server: &Server, s: OutStream, rx: &mut mailbox::Receiver) -> End
 }
 
 async fn write(w: &mut Writer, out: &mut String) -> Result<(), ()> {
-    let r = crate::stream::write_within(w, out.as_bytes(), WRITE_TIMEOUT).await;
+    let r = crate::stream::write_within(w, out.as_bytes(), WRITE_TIMEOUT).await.map_err(drop);
     out.clear();
     r
 }

@@ -149,15 +149,7 @@ struct Negotiation {
 impl Negotiation {
     async fn write(&mut self, s: &str) -> Result<(), StreamError> {
         let w = self.writer.as_mut().ok_or(StreamError::InternalServerError)?;
-        let r = tokio::time::timeout(WRITE_TIMEOUT, async {
-            w.write_all(s.as_bytes()).await?;
-            w.flush().await
-        })
-        .await;
-        match r {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(StreamError::UndefinedCondition),
-        }
+        crate::stream::write_within(w, s.as_bytes(), WRITE_TIMEOUT).await.map_err(|_| StreamError::UndefinedCondition)
     }
 
     /// Send a stream error (with our header first if none was sent yet) and close.
@@ -879,21 +871,14 @@ impl Bound {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        let r = tokio::time::timeout(WRITE_TIMEOUT, async {
-            self.writer.write_all(self.out.as_bytes()).await?;
-            self.writer.flush().await
-        })
-        .await;
+        let r = crate::stream::write_within(&mut self.writer, self.out.as_bytes(), WRITE_TIMEOUT).await;
         if self.mailbox.is_empty() {
             // Quiet for now: an idle session keeps no output buffer.
             self.out = String::new();
         } else {
             self.out.clear();
         }
-        match r {
-            Ok(r) => r,
-            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
-        }
+        r
     }
 
     /// Append a mailbox item, and whatever else is already queued, to the output buffer.

@@ -197,7 +197,7 @@ enum End {
 
 impl Link {
     async fn write_out(&mut self) -> Result<(), ()> {
-        let r = crate::stream::write_within(&mut self.writer, self.out.as_bytes(), WRITE_TIMEOUT).await;
+        let r = crate::stream::write_within(&mut self.writer, self.out.as_bytes(), WRITE_TIMEOUT).await.map_err(drop);
         self.out.clear();
         r
     }

@@ -128,7 +128,9 @@ pub struct AccountEntry {
 
 #[derive(Default)]
 pub struct SessionRegistry {
-    accounts: RwLock<HashMap<BareJid, AccountEntry>>,
+    /// Keyed by the bare JID's string, so a lookup from a full JID borrows its bare part
+    /// (`jid::bare_str`) instead of building a `BareJid`.
+    accounts: RwLock<HashMap<Box<str>, AccountEntry>>,
     next_id: AtomicU64,
 }
 
@@ -145,7 +147,7 @@ impl SessionRegistry {
     /// closes with `conflict`.
     pub fn bind(&self, entry: SessionEntry, blocked: Vec<Jid>) -> Option<SessionEntry> {
         let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
-        let acct = map.entry(entry.jid.to_bare()).or_default();
+        let acct = map.entry(crate::jid::bare_str(&entry.jid).into()).or_default();
         acct.blocked = Arc::new(blocked);
         let old = acct.sessions.iter().position(|s| s.jid == entry.jid).map(|i| acct.sessions.remove(i));
         acct.sessions.push(entry);
@@ -155,48 +157,48 @@ impl SessionRegistry {
     /// Remove a session (only if it is still the one with this id). Returns the entry.
     pub fn unbind(&self, jid: &FullJid, id: u64) -> Option<SessionEntry> {
         let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
-        let bare = jid.to_bare();
-        let acct = map.get_mut(&bare)?;
+        let bare = crate::jid::bare_str(jid);
+        let acct = map.get_mut(bare)?;
         let i = acct.sessions.iter().position(|s| s.id == id)?;
         let e = acct.sessions.remove(i);
         if acct.sessions.is_empty() {
-            map.remove(&bare);
+            map.remove(bare);
         }
         Some(e)
     }
 
     pub fn update(&self, jid: &FullJid, id: u64, f: impl FnOnce(&mut SessionEntry)) {
         let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = map.get_mut(&jid.to_bare()).and_then(|a| a.sessions.iter_mut().find(|s| s.id == id)) {
+        if let Some(s) = map.get_mut(crate::jid::bare_str(jid)).and_then(|a| a.sessions.iter_mut().find(|s| s.id == id)) {
             f(s);
         }
     }
 
     pub fn get(&self, jid: &FullJid) -> Option<SessionEntry> {
         let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&jid.to_bare())?.sessions.iter().find(|s| &s.jid == jid).cloned()
+        map.get(crate::jid::bare_str(jid))?.sessions.iter().find(|s| &s.jid == jid).cloned()
     }
 
     /// Every session of an account, filtered.
     pub fn sessions(&self, bare: &BareJid, filter: impl Fn(&SessionEntry) -> bool) -> Vec<SessionEntry> {
         let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        map.get(bare).map(|a| a.sessions.iter().filter(|s| filter(s)).cloned().collect()).unwrap_or_default()
+        map.get(bare.as_str()).map(|a| a.sessions.iter().filter(|s| filter(s)).cloned().collect()).unwrap_or_default()
     }
 
     pub fn is_online(&self, bare: &BareJid) -> bool {
         let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        map.contains_key(bare)
+        map.contains_key(bare.as_str())
     }
 
     /// The block list of an online account (`None` when no resource is bound).
-    pub fn blocklist(&self, bare: &BareJid) -> Option<Arc<Vec<Jid>>> {
+    pub fn blocklist(&self, bare: &str) -> Option<Arc<Vec<Jid>>> {
         let map = self.accounts.read().unwrap_or_else(|p| p.into_inner());
         map.get(bare).map(|a| a.blocked.clone())
     }
 
     pub fn set_blocklist(&self, bare: &BareJid, list: Vec<Jid>) {
         let mut map = self.accounts.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = map.get_mut(bare) {
+        if let Some(a) = map.get_mut(bare.as_str()) {
             a.blocked = Arc::new(list);
         }
     }

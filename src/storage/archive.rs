@@ -40,8 +40,12 @@ pub struct NewArchived {
 /// characters, since XEP-0313 wants archive ids unpredictable. The id part makes it unique and
 /// lets a query find the row by its primary key.
 pub fn stanza_id_for(id: i64) -> String {
-    let random: String = rand::thread_rng().sample_iter(&Alphanumeric).take(12).map(char::from).collect();
-    format!("{id:x}-{random}")
+    use std::fmt::Write;
+    let mut sid = String::with_capacity(16 + 1 + 12);
+    let _ = write!(sid, "{id:x}-");
+    let mut rng = rand::thread_rng();
+    sid.extend((0..12).map(|_| char::from(rng.sample(Alphanumeric))));
+    sid
 }
 
 /// The row id a stanza id made by `stanza_id_for` names (the row must still be checked to

@@ -5,6 +5,8 @@ pub mod record;
 pub mod tls;
 pub mod trust;
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -35,17 +37,19 @@ pub async fn read_header<R: AsyncRead + Unpin>(reader: &mut XmlReader<R>) -> Res
 }
 
 /// Write and flush `bytes` within `limit`: `Err` when the peer stopped reading or the
-/// connection failed (the links' one way of writing a batch).
-pub async fn write_within<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8], limit: Duration) -> Result<(), ()> {
-    match tokio::time::timeout(limit, async {
+/// connection failed (the links' one way of writing a batch). Most writes complete at once (the
+/// socket's buffer has room), so the timer is armed only for one that has to wait: a timer
+/// registered and removed around every batch cost a lock and a timer-wheel update each time,
+/// once per delivery in a room's fan-out.
+pub async fn write_within<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    let mut write = std::pin::pin!(async {
         w.write_all(bytes).await?;
         w.flush().await
-    })
-    .await
-    {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(()),
+    });
+    if let Poll::Ready(r) = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return r;
     }
+    tokio::time::timeout(limit, write).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// The server's stream header for a client stream.

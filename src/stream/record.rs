@@ -492,11 +492,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 }
                 continue;
             }
-            // Nothing held: read into the stack, open every whole record, keep the rest.
-            let mut stack = [0u8; READ_SIZE];
-            let mut rb = ReadBuf::new(&mut stack);
+            // Nothing held: read into the stack (not zeroed: only what the read fills is
+            // looked at), open every whole record, keep the rest.
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut rb = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
-            let end = rb.filled().len();
+            let got = rb.filled_mut();
+            let end = got.len();
             if end == 0 {
                 // End of stream without close_notify: the caller sees an end of stream.
                 this.read_closed = true;
@@ -505,19 +507,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
             let before = out.filled().len();
             let mut at = 0;
             while end - at >= HEADER && !this.read_closed {
-                let len = u16::from_be_bytes([stack[at + 3], stack[at + 4]]) as usize;
+                let len = u16::from_be_bytes([got[at + 3], got[at + 4]]) as usize;
                 if len > this.max_payload() {
                     return Poll::Ready(Err(this.fail(cx, RECORD_OVERFLOW, "TLS record too long")));
                 }
                 if end - at < HEADER + len {
                     break;
                 }
-                let record = &mut stack[at..at + HEADER + len];
+                let record = &mut got[at..at + HEADER + len];
                 at += HEADER + len;
                 this.open(cx, record, out)?;
             }
             if at < end && !this.read_closed {
-                this.partial = stack[at..end].to_vec();
+                this.partial = got[at..end].to_vec();
             }
             if out.filled().len() > before {
                 return Poll::Ready(Ok(()));

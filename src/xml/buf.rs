@@ -50,8 +50,10 @@ impl<R: AsyncRead + Unpin> AsyncBufRead for IdleBuf<R> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
         if this.pos >= this.buf.len() {
-            let mut stack = [0u8; READ_SIZE];
-            let mut rb = ReadBuf::new(&mut stack);
+            // Not zeroed: only what the read fills is ever looked at (zeroing 4 KiB per read
+            // cost more than the bytes of a typical stanza).
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut rb = ReadBuf::uninit(&mut stack);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     // Nothing buffered and nothing to read: hold no memory while waiting.
