@@ -28,8 +28,10 @@
 //! features are `modules`, each declaring its specifications, disco features and IQ handlers as
 //! data (`modules::MODULES`). Errors become wire errors only in `error.rs`. The routing table
 //! is documented on [`router`]. Archive rows go through one writer with group commit
-//! (`storage::writer`): the two copies of a message share one transaction, which on SQLite the
-//! waiting caller commits itself when no one else is writing; row ids are the archive's clock.
+//! (`storage::writer`): the two copies of a message share one write. On SQLite that write is
+//! an append to the archive log (`storage::archive_log`), and the writer inserts the logged rows
+//! into the archive in batches a few times a second, and before any archive read; on
+//! PostgreSQL the rows are committed at once. Row ids are the archive's clock.
 //!
 //! Memory per connection is kept small on purpose: one task per bound session (its pending
 //! read is a future that owns the XML reader), negotiation and stanza handling in short-lived

@@ -96,18 +96,20 @@ pub struct Prefs {
 
 impl Storage {
     /// Queue one archived message for the group commit (see `writer.rs`), made by `m` from
-    /// its row id; the handle resolves once it is committed.
+    /// its row id; the handle resolves once it is durable. Every read and delete of the
+    /// archive below first has queued and logged rows committed (`ArchiveWriter::sync`).
     pub fn archive_submit(&self, m: impl FnOnce(i64) -> NewArchived) -> Result<PendingWrite> {
         self.archive_writer.submit(m)
     }
 
-    /// Store one archived message; returns once it is committed.
+    /// Store one archived message; returns once it is durable.
     pub async fn archive_insert(&self, m: impl FnOnce(i64) -> NewArchived) -> Result<()> {
         self.archive_submit(m)?.wait().await
     }
 
     /// Row id of an archived stanza id.
     pub async fn archive_row_id(&self, owner: &str, stanza_id: &str) -> Result<Option<i64>> {
+        self.archive_writer.sync().await?;
         let r = match row_in_stanza_id(stanza_id) {
             Some(id) => sqlx::query("SELECT id FROM archive WHERE owner = $1 AND id = $2 AND stanza_id = $3").bind(owner).bind(id),
             None => sqlx::query("SELECT id FROM archive_legacy_ids WHERE owner = $1 AND stanza_id = $2").bind(owner),
@@ -117,6 +119,7 @@ impl Storage {
 
     /// One archived message by row id: (stanza id, xml).
     pub async fn archive_row(&self, owner: &str, id: i64) -> Result<Option<(String, String)>> {
+        self.archive_writer.sync().await?;
         let r = sqlx::query("SELECT stanza_id, xml FROM archive WHERE owner = $1 AND id = $2")
             .bind(owner)
             .bind(id)
@@ -127,12 +130,14 @@ impl Storage {
 
     /// Replace an archived message's stanza (a tombstone for a retracted one, XEP-0425).
     pub async fn archive_replace(&self, owner: &str, id: i64, xml: &str) -> Result<()> {
+        self.archive_writer.sync().await?;
         sqlx::query("UPDATE archive SET xml = $3 WHERE owner = $1 AND id = $2").bind(owner).bind(id).bind(xml).execute(&self.pool).await?;
         Ok(())
     }
 
     /// Rows matching the filter, in the query's direction, at most `limit`.
     pub async fn archive_query(&self, f: &ArchiveFilter) -> Result<Vec<ArchivedRow>> {
+        self.archive_writer.sync().await?;
         let mut sql = String::from("SELECT id, stanza_id, ts, xml FROM archive WHERE owner = $1");
         let mut params = vec![Param::S(f.owner.clone())];
         let mut add = |sql: &mut String, cond: &str, p: Param| {
@@ -183,6 +188,7 @@ impl Storage {
 
     /// First and last archived rows (XEP-0313 metadata).
     pub async fn archive_bounds(&self, owner: &str) -> Result<Option<(ArchivedRow, ArchivedRow)>> {
+        self.archive_writer.sync().await?;
         let first = sqlx::query("SELECT id, stanza_id, ts, xml FROM archive WHERE owner = $1 ORDER BY id ASC LIMIT 1")
             .bind(owner)
             .fetch_optional(&self.pool)
@@ -200,6 +206,7 @@ impl Storage {
     /// Retention: drop archived messages older than `ts` (microseconds; ids are the archive's
     /// clock, so this is a range of the primary key).
     pub async fn archive_expire(&self, ts: i64) -> Result<u64> {
+        self.archive_writer.sync().await?;
         sqlx::query("DELETE FROM archive_legacy_ids WHERE id < $1").bind(ts).execute(&self.pool).await?;
         Ok(sqlx::query("DELETE FROM archive WHERE id < $1").bind(ts).execute(&self.pool).await?.rows_affected())
     }

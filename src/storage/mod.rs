@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod archive;
+pub mod archive_log;
 pub mod muc;
 pub mod pcache;
 pub mod pep;

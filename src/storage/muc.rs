@@ -43,6 +43,9 @@ impl Storage {
 
     /// Forget a room: its row, its affiliations and, when `archive` is set, its messages.
     pub async fn muc_delete_room(&self, jid: &str, archive: bool) -> Result<()> {
+        if archive {
+            self.archive_writer.sync().await?;
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM muc_rooms WHERE jid = $1").bind(jid).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM muc_affiliations WHERE room = $1").bind(jid).execute(&mut *tx).await?;
