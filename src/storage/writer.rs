@@ -880,6 +880,17 @@ mod store_tests {
         ArchiveFilter { owner: owner.into(), limit: 1000, ..Default::default() }
     }
 
+    /// The database refuses rows of `bad@localhost` from now on, as a constraint or a full
+    /// disk would.
+    async fn refuse_bad_rows(s: &Storage) {
+        sqlx::raw_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON archive WHEN NEW.owner = 'bad@localhost' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    }
+
     /// Hold the archive log of database `file`, as another process would: a writer opened
     /// meanwhile commits its rows one group at a time (the path PostgreSQL always takes).
     fn hold_log(file: &std::path::Path) -> crate::storage::archive_log::Opened {
@@ -903,13 +914,7 @@ mod store_tests {
         let url = format!("sqlite:{}", dir.join("t.db").display());
         let _direct = hold_log(&dir.join("t.db"));
         let s = Storage::open(&url, 4).await.unwrap();
-        // A row the database refuses (as a constraint or a full disk would).
-        sqlx::raw_sql(
-            "CREATE TRIGGER refuse BEFORE INSERT ON archive WHEN NEW.owner = 'bad@localhost' BEGIN SELECT RAISE(ABORT, 'refused'); END",
-        )
-        .execute(&s.pool)
-        .await
-        .unwrap();
+        refuse_bad_rows(&s).await;
         // 300 rows queued at once from two tasks: more than one batch, several statement sizes.
         let (a, b) = (s.clone(), s.clone());
         let one = tokio::spawn(async move {
@@ -1058,12 +1063,7 @@ mod store_tests {
         let url = format!("sqlite:{}", dir.join("t.db").display());
         let s = Storage::open(&url, 4).await.unwrap();
         assert!(s.archive_writer.queue().log.is_some(), "SQLite writes through the archive log");
-        sqlx::raw_sql(
-            "CREATE TRIGGER refuse BEFORE INSERT ON archive WHEN NEW.owner = 'bad@localhost' BEGIN SELECT RAISE(ABORT, 'refused'); END",
-        )
-        .execute(&s.pool)
-        .await
-        .unwrap();
+        refuse_bad_rows(&s).await;
         let (a, b) = (s.clone(), s.clone());
         let one = tokio::spawn(async move {
             for i in 0..150 {
