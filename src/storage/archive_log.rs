@@ -110,6 +110,12 @@ impl ArchiveLog {
         Ok(old)
     }
 
+    /// From now on every append fails as on a full disk (tests of the writer's fallback).
+    #[cfg(test)]
+    pub fn fail_appends(&mut self) {
+        self.file = OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    }
+
     /// Delete a finished file (its rows are committed).
     pub fn remove(file: &Path) {
         if let Err(e) = std::fs::remove_file(file) {

@@ -1153,4 +1153,40 @@ mod store_tests {
         s.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// A log that cannot be written (a full disk) is given up: the rows it held and the rows
+    /// that failed to go in are committed directly, in id order, and their callers hear of
+    /// it only as a commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_log_that_fails_is_given_up_and_its_rows_committed_in_order() {
+        let dir = std::env::temp_dir().join(format!("starling-writer-full-{}-{}", std::process::id(), super::super::now_micros()));
+        let url = format!("sqlite:{}", dir.join("t.db").display());
+        let s = Storage::open(&url, 4).await.unwrap();
+        let w = &s.archive_writer;
+        let pending = {
+            // The writer thread cannot commit while the test holds its connection: the logged
+            // rows stay in the log whatever the timing.
+            let _busy = w.conn.as_ref().unwrap().lock().unwrap();
+            let mut pending: Vec<PendingWrite> = (0..5).map(|i| w.submit(row("a@localhost", format!("logged{i}"))).unwrap()).collect();
+            w.write_now();
+            assert_eq!(w.queue().deferred.len(), 5, "logged, waiting for the writer");
+            w.queue().log.as_mut().unwrap().fail_appends();
+            pending.push(w.submit(row("a@localhost", "direct0".into())).unwrap());
+            pending.push(w.submit(row("a@localhost", "direct1".into())).unwrap());
+            w.write_now();
+            assert!(w.queue().log.is_none(), "the log is given up");
+            assert!(w.queue().deferred.is_empty(), "its rows went to the writer thread");
+            pending
+        };
+        for p in pending {
+            p.wait().await.unwrap();
+        }
+        s.archive_writer.submit(row("a@localhost", "after".into())).unwrap().wait().await.unwrap();
+        let rows = s.archive_query(&all("a@localhost")).await.unwrap();
+        let sids: Vec<&str> = rows.iter().map(|r| r.stanza_id.as_str()).collect();
+        assert_eq!(sids, ["logged0", "logged1", "logged2", "logged3", "logged4", "direct0", "direct1", "after"]);
+        assert!(rows.windows(2).all(|w| w[0].id < w[1].id));
+        s.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
