@@ -535,6 +535,14 @@ fn batch_failed(e: &StorageError, rows: usize) {
     tracing::warn!(error = %e, rows, "archive batch failed; writing its rows one by one");
 }
 
+/// Write `rows` in one transaction (SQLite); if that fails, each alone. `None`: the batch went
+/// in; else each row's own result.
+fn write_or_each(db: &mut rusqlite::Connection, rows: &[&NewArchived]) -> Option<Vec<Result<()>>> {
+    let e = write_sqlite(db, rows).err()?;
+    batch_failed(&e, rows.len());
+    Some(rows.iter().map(|r| write_sqlite(db, &[*r])).collect())
+}
+
 fn run_sqlite(writer: ArchiveWriter, mut rx: mpsc::UnboundedReceiver<Job>, _stop: oneshot::Sender<()>) {
     let Some(shared) = writer.conn.clone() else { return };
     let mut batch = Vec::new();
@@ -549,14 +557,10 @@ fn run_sqlite(writer: ArchiveWriter, mut rx: mpsc::UnboundedReceiver<Job>, _stop
                     writer.written.add(batch.len());
                     let _ = db.busy_timeout(Duration::from_secs(10));
                     let rows: Vec<&NewArchived> = batch.iter().map(|(r, _)| r).collect();
-                    if let Err(e) = write_sqlite(db, &rows) {
-                        batch_failed(&e, batch.len());
-                        for (row, done) in batch.drain(..) {
-                            let _ = done.send(write_sqlite(db, &[&row]));
-                        }
-                    }
+                    let mut each = write_or_each(db, &rows).map(Vec::into_iter);
+                    drop(rows);
                     for (_, done) in batch.drain(..) {
-                        let _ = done.send(Ok(()));
+                        let _ = done.send(each.as_mut().and_then(Iterator::next).unwrap_or(Ok(())));
                     }
                 }
                 _ => {
@@ -638,13 +642,10 @@ fn commit_deferred(writer: &ArchiveWriter, db: &mut rusqlite::Connection) {
     let _ = db.busy_timeout(Duration::from_secs(10));
     let refs: Vec<&NewArchived> = rows.iter().collect();
     let mut refused = 0;
-    if let Err(e) = write_sqlite(db, &refs) {
-        batch_failed(&e, refs.len());
-        for r in &refs {
-            if let Err(e) = write_sqlite(db, &[*r]) {
-                refused += 1;
-                tracing::error!(error = %e, id = r.id, owner = %r.owner, "archive row refused; kept in the archive log for the next start");
-            }
+    for (r, e) in refs.iter().zip(write_or_each(db, &refs).into_iter().flatten()) {
+        if let Err(e) = e {
+            refused += 1;
+            tracing::error!(error = %e, id = r.id, owner = %r.owner, "archive row refused; kept in the archive log for the next start");
         }
     }
     writer.queue().committing = 0;
@@ -891,6 +892,14 @@ mod store_tests {
         .unwrap();
     }
 
+    /// A fresh database for test `name`: (its folder, the file, the storage URL).
+    fn temp_db(name: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("starling-writer-{name}-{}-{}", std::process::id(), super::super::now_micros()));
+        let file = dir.join("t.db");
+        let url = format!("sqlite:{}", file.display());
+        (dir, file, url)
+    }
+
     /// Hold the archive log of database `file`, as another process would: a writer opened
     /// meanwhile commits its rows one group at a time (the path PostgreSQL always takes).
     fn hold_log(file: &std::path::Path) -> crate::storage::archive_log::Opened {
@@ -910,9 +919,8 @@ mod store_tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_rows_are_all_committed_in_id_order_and_a_bad_row_fails_alone() {
-        let dir = std::env::temp_dir().join(format!("starling-writer-{}-{}", std::process::id(), super::super::now_secs()));
-        let url = format!("sqlite:{}", dir.join("t.db").display());
-        let _direct = hold_log(&dir.join("t.db"));
+        let (dir, file, url) = temp_db("rows");
+        let _direct = hold_log(&file);
         let s = Storage::open(&url, 4).await.unwrap();
         refuse_bad_rows(&s).await;
         // 300 rows queued at once from two tasks: more than one batch, several statement sizes.
@@ -969,9 +977,8 @@ mod store_tests {
     /// leaves none of the batch behind, and the connection takes the next batch.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_of_several_statements_is_all_or_nothing() {
-        let dir = std::env::temp_dir().join(format!("starling-writer-batch-{}-{}", std::process::id(), super::super::now_secs()));
-        let file = dir.join("t.db");
-        let s = Storage::open(&format!("sqlite:{}", file.display()), 4).await.unwrap();
+        let (dir, file, url) = temp_db("batch");
+        let s = Storage::open(&url, 4).await.unwrap();
         let mut conn = rusqlite::Connection::open(&file).unwrap();
         let made: Vec<NewArchived> = (1..=7).map(|i| row("a@localhost", format!("r{i}"))(i)).collect();
         let refs: Vec<&NewArchived> = made.iter().collect();
@@ -998,8 +1005,7 @@ mod store_tests {
     /// traffic, about 10 MB/s here.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_steady_writes() {
-        let dir = std::env::temp_dir().join(format!("starling-writer-wal-{}-{}", std::process::id(), super::super::now_secs()));
-        let url = format!("sqlite:{}", dir.join("t.db").display());
+        let (dir, _, url) = temp_db("wal");
         let s = Storage::open(&url, 4).await.unwrap();
         let wal = dir.join("t.db-wal");
         let started = std::time::Instant::now();
@@ -1023,9 +1029,8 @@ mod store_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rows_wait_out_another_connections_write_lock_and_keep_their_order() {
         use sqlx::Acquire;
-        let dir = std::env::temp_dir().join(format!("starling-writer-busy-{}-{}", std::process::id(), super::super::now_secs()));
-        let url = format!("sqlite:{}", dir.join("t.db").display());
-        let _direct = hold_log(&dir.join("t.db"));
+        let (dir, file, url) = temp_db("busy");
+        let _direct = hold_log(&file);
         let s = Storage::open(&url, 4).await.unwrap();
         // Another connection holds the write lock (as a roster or offline write would).
         let mut other = s.pool.acquire().await.unwrap();
@@ -1059,8 +1064,7 @@ mod store_tests {
     /// before it is committed, and every read first has the logged rows committed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn logged_rows_are_seen_by_the_next_read_in_order_and_a_refused_one_is_kept_in_the_log() {
-        let dir = std::env::temp_dir().join(format!("starling-writer-log-{}-{}", std::process::id(), super::super::now_micros()));
-        let url = format!("sqlite:{}", dir.join("t.db").display());
+        let (dir, file, url) = temp_db("log");
         let s = Storage::open(&url, 4).await.unwrap();
         assert!(s.archive_writer.queue().log.is_some(), "SQLite writes through the archive log");
         refuse_bad_rows(&s).await;
@@ -1078,7 +1082,7 @@ mod store_tests {
         one.await.unwrap();
         two.await.unwrap();
         // Logged, not committed: the writer commits DEFER_FOR later, or before a read.
-        let direct = rusqlite::Connection::open(dir.join("t.db")).unwrap();
+        let direct = rusqlite::Connection::open(&file).unwrap();
         let count = |c: &rusqlite::Connection| c.query_row("SELECT COUNT(*) FROM archive", [], |r| r.get::<_, i64>(0)).unwrap();
         let before = count(&direct);
         let rows = s.archive_query(&all("a@localhost")).await.unwrap();
@@ -1121,9 +1125,7 @@ mod store_tests {
     /// next start, once, and in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rows_left_in_the_log_by_a_crash_are_replayed_at_start() {
-        let dir = std::env::temp_dir().join(format!("starling-writer-crash-{}-{}", std::process::id(), super::super::now_micros()));
-        let file = dir.join("t.db");
-        let url = format!("sqlite:{}", file.display());
+        let (dir, file, url) = temp_db("crash");
         // One row committed before the crash, and logged too (the file is deleted only after
         // the commit): it must not come back twice.
         let s = Storage::open(&url, 4).await.unwrap();
@@ -1159,8 +1161,7 @@ mod store_tests {
     /// it only as a commit.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_log_that_fails_is_given_up_and_its_rows_committed_in_order() {
-        let dir = std::env::temp_dir().join(format!("starling-writer-full-{}-{}", std::process::id(), super::super::now_micros()));
-        let url = format!("sqlite:{}", dir.join("t.db").display());
+        let (dir, _, url) = temp_db("full");
         let s = Storage::open(&url, 4).await.unwrap();
         let w = &s.archive_writer;
         let pending = {
